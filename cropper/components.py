@@ -1,0 +1,105 @@
+"""Thin factories that turn ``Cropper``'s arguments into its parts.
+
+Each argument may be a ready object, a string naming one, ``None`` (leave the
+part out), or :data:`DEFAULT` (the environment, else the documented default).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from cropper import defaults
+from cropper.errors import CropperError
+
+log = logging.getLogger(__name__)
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: "Use the environment, else the documented default."
+DEFAULT: Any = _Default()
+
+
+def make_vlm(vlm: Any, api_key: str | None = None) -> Any:
+    from cropper.vlm import VLM, load_vlm
+
+    if isinstance(vlm, VLM):
+        return vlm
+    spec = defaults.from_env(defaults.ENV_VLM, defaults.DEFAULT_VLM) if vlm is DEFAULT else vlm
+    if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
+        from cropper.errors import ConfigError
+
+        raise ConfigError(
+            "a VLM is needed: pass vlm= a server URL (http://host:8000/v1) or a model id or folder"
+        )
+    kwargs = {"api_key": api_key} if api_key and str(spec).startswith("http") else {}
+    return load_vlm(spec, **kwargs)
+
+
+def index_embedder_name(index: Any) -> str | None:
+    """The embedder a bank folder was built with, read from its manifest."""
+    if index is None or not isinstance(index, (str, Path)):
+        return getattr(index, "embedder_name", None)
+    import json
+
+    try:
+        manifest = json.loads((Path(index) / "manifest.json").read_text())
+        return manifest.get("embedder")
+    except (OSError, ValueError):
+        return None  # ExemplarIndex.load reports what is wrong with the folder
+
+
+def make_embedder(clip: Any, index: Any = None) -> Any:
+    """The CLIP model; by default the one the bank was built with, so one serves both."""
+    if clip is None or (isinstance(clip, str) and not isinstance(clip, Path) and not clip.strip()):
+        return None
+    if clip is DEFAULT:
+        clip = defaults.from_env(
+            defaults.ENV_CLIP, index_embedder_name(index) or defaults.DEFAULT_CLIP
+        )
+    if not isinstance(clip, str):
+        return clip  # a ready embedder: anything with name, dim and embed()
+    from retrieval.embedder import ClipEmbedder
+
+    return ClipEmbedder(clip)
+
+
+def make_head(head: Any, embedder: Any) -> Any:
+    """The aesthetic head, or ``None``; a default that cannot be had is left out, with a note."""
+    from cropper.head import AestheticHead, load_head
+
+    if head is None or isinstance(head, AestheticHead):
+        return head
+    if head is not DEFAULT:
+        return load_head(head)
+    spec = defaults.from_env(defaults.ENV_HEAD, None)
+    if spec is not None:
+        return load_head(spec)
+    if embedder is None or getattr(embedder, "name", None) != defaults.DEFAULT_CLIP:
+        log.info("no aesthetic head for embedder %s; pass head= to use one",
+                 getattr(embedder, "name", None))
+        return None
+    try:
+        return load_head(defaults.DEFAULT_HEAD)
+    except CropperError as exc:
+        log.warning("default aesthetic head unavailable (%s); scoring without it", exc)
+        return None
+
+
+def make_index(index: Any, embedder: Any) -> Any:
+    if index is DEFAULT:
+        index = defaults.from_env(defaults.ENV_INDEX, None)
+    if index is None or not isinstance(index, (str, Path)):
+        return index
+    from retrieval.index import ExemplarIndex
+
+    if embedder is None:
+        from cropper.errors import ConfigError
+
+        raise ConfigError(f"index {index} needs a CLIP embedder to search it; do not pass clip=None")
+    return ExemplarIndex.load(index, embedder=embedder)

@@ -1,0 +1,45 @@
+"""The errors cropper raises: one small hierarchy, each message saying what to do."""
+
+from __future__ import annotations
+
+
+class CropperError(Exception):
+    """Base of every error cropper raises on purpose."""
+
+
+class ConfigError(CropperError, ValueError):
+    """A bad argument, option or setting."""
+
+
+class MissingDependencyError(ConfigError, ImportError):
+    """An optional package is not installed."""
+
+    def __init__(self, package: str, extra: str | None = None, purpose: str = ""):
+        hint = f"pip install 'cropper[{extra}]'" if extra else f"pip install {package}"
+        why = f" for {purpose}" if purpose else ""
+        super().__init__(f"{package} is needed{why} but is not installed: run {hint}")
+        self.package = package
+
+
+class WeightsNotFoundError(ConfigError):
+    """Model weights are neither cached nor downloadable (typically offline)."""
+
+
+class ImageError(CropperError, ValueError):
+    """A photo that cannot be read: missing, truncated, not an image, too large."""
+
+
+class VLMError(CropperError):
+    """The VLM failed to answer. ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ParseError(CropperError, ValueError):
+    """Text that should hold boxes could not be read (never raised for model replies)."""
+
+
+class ExemplarIndexError(CropperError):
+    """An exemplar bank that is missing, corrupt or built for another embedder."""

@@ -1,0 +1,97 @@
+"""Exemplars for a prompt: retrieved from the bank, their crops chosen by task, photos sized once."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cropper.errors import CropperError
+from cropper.images import fit_within, load_image
+from cropper.prompts import PromptPhoto
+from cropper.tasks import Ratio, Subject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptExemplar:
+    """An exemplar as a template sees it: ``photo`` and its task-chosen ``crops``."""
+
+    photo: PromptPhoto
+    crops: list[Any]  # retrieval.selection.ExemplarCrop: box, score, subject
+    similarity: float
+
+
+class ExemplarSource:
+    """Finds a query's nearest exemplars and prepares them for the prompt.
+
+    Exemplar photos recur across queries and rounds, so each is decoded and sized
+    once and kept, keyed by path, modification time and size budget.
+    """
+
+    def __init__(self, index: Any, *, side: int, cache_size: int = 512):
+        self.index = index
+        self.side = side
+        self._photos: OrderedDict[tuple[str, float, int], PromptPhoto] = OrderedDict()
+        self._cache_size = cache_size
+        self._missing: set[str] = set()
+
+    def retrieve(
+        self,
+        embedding: np.ndarray,
+        task: str,
+        *,
+        count: int,
+        crops_per_exemplar: int,
+        subject: Subject | None = None,
+        ratio: Ratio | None = None,
+    ) -> list[PromptExemplar]:
+        from retrieval.selection import select_crops
+
+        if count <= 0:
+            return []
+        exemplars = []
+        for hit in self.index.search(embedding, k=count):
+            photo = self._photo(hit.image)
+            if photo is None:
+                continue
+            crops = select_crops(
+                hit,
+                task,
+                top=crops_per_exemplar,
+                subject=subject.point if subject else None,
+                ratio=ratio.value if ratio else None,
+            )
+            if crops:
+                exemplars.append(PromptExemplar(photo, list(crops), float(hit.similarity)))
+        return exemplars
+
+    def _photo(self, path: str) -> PromptPhoto | None:
+        try:
+            key = (path, os.path.getmtime(path), self.side)
+        except OSError:
+            self._warn_missing(path, "no such file")
+            return None
+        cached = self._photos.get(key)
+        if cached is not None:
+            self._photos.move_to_end(key)
+            return cached
+        try:
+            photo = PromptPhoto(fit_within(load_image(path), self.side), key=path)
+        except CropperError as exc:
+            self._warn_missing(path, str(exc))
+            return None
+        self._photos[key] = photo
+        if len(self._photos) > self._cache_size:
+            self._photos.popitem(last=False)
+        return photo
+
+    def _warn_missing(self, path: str, why: str) -> None:
+        if path not in self._missing:
+            self._missing.add(path)
+            log.warning("exemplar photo %s skipped: %s; rebuild the bank or restore it", path, why)

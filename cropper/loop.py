@@ -1,0 +1,287 @@
+"""The in-context cropping loop: retrieve, prompt, propose, parse, score, refine, select.
+
+``Cropper`` only orchestrates. It is handed (or builds, from names) its VLM,
+CLIP embedder, aesthetic head, exemplar bank and prompt files, and returns data:
+the best crop with every candidate and the trace of rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cropper import components
+from cropper.boxes import Box, dedupe, fit_aspect
+from cropper.errors import ConfigError
+from cropper.exemplars import ExemplarSource, PromptExemplar
+from cropper.images import ImageInput, fit_within, load_image
+from cropper.messages import Conversation
+from cropper.parsing import parse_boxes, parse_reply
+from cropper.prompts import PromptPhoto, PromptSet
+from cropper.result import Candidate, CropResult, Round
+from cropper.scoring import Scorer
+from cropper.tasks import Ratio, Subject, check_task, parse_ratio, subject_from_spec
+from cropper.vlm.base import VLM, Sampling
+from cropper.vlm.schema import boxes_schema, ground_schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT = components.DEFAULT
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """The loop's settings; paper defaults. Override any per ``Cropper`` or per ``crop`` call."""
+
+    exemplars: int = 30  # S: exemplars retrieved per query
+    exemplar_crops: int = 5  # T: crops shown per exemplar (free-form: top by MOS)
+    crops: int = 6  # R: crops the VLM proposes per round
+    refine_rounds: int = 2  # L: refinement rounds after the first proposal
+    temperature: float = 0.05
+    max_tokens: int = 512  # per reply; enough for a dozen boxes as JSON
+    coords: str = "norm1000"  # the convention boxes are written in (Qwen3-VL: norm1000)
+    query_side: int = 1024  # longer side of the query photo as sent to the VLM
+    exemplar_side: int = 448  # longer side of each exemplar photo as sent
+    candidate_side: int = 224  # longer side of each candidate crop shown when refining
+    retries: int = 1  # extra tries of a round that yields no valid box
+    select: dict[str, str] = field(
+        default_factory=lambda: {"free": "last", "subject": "last", "aspect": "all"}
+    )  # the rounds the best crop is chosen from, per task
+    seed: int | None = None  # sampling seed, for reproducible runs
+
+    def replace(self, **changes: Any) -> CropConfig:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {sorted(unknown)}; the settings are "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **changes)
+
+
+class Cropper:
+    """Crops photos with a VLM by in-context learning.
+
+    Args:
+        vlm: a server URL (``http://host:8000/v1``), a hub id or local folder for
+            transformers, ``vllm:MODEL`` for vLLM's engine, or a :class:`VLM`.
+            Default: ``$CROPPER_VLM``, else :data:`cropper.defaults.DEFAULT_VLM`.
+        clip: an open_clip spec (``ViT-L-14:openai``, ``hf-hub:...``,
+            ``local-dir:...``), an embedder, or ``None`` for none. Default: the
+            bank's embedder, else ``$CROPPER_CLIP``, else ``ViT-L-14:openai``.
+        head: aesthetic head weights (path, ``hf-hub:ORG/REPO/FILE``), a head, or
+            ``None``. Default: ``$CROPPER_HEAD``, else the LAION predictor when
+            the CLIP is ViT-L/14.
+        index: a bank folder (see ``retrieval``) or an ``ExemplarIndex``; without
+            one the loop runs zero-shot.
+        prompts: a folder of prompt files; default: the shipped ones.
+        config: a :class:`CropConfig`; ``**settings`` override its fields.
+        api_key: for a server that needs one (else ``$CROPPER_API_KEY``).
+    """
+
+    def __init__(
+        self,
+        vlm: Any = DEFAULT,
+        *,
+        clip: Any = DEFAULT,
+        head: Any = DEFAULT,
+        index: Any = DEFAULT,
+        prompts: str | Path | PromptSet | None = None,
+        config: CropConfig | None = None,
+        api_key: str | None = None,
+        **settings: Any,
+    ):
+        self.config = (config or CropConfig()).replace(**settings)
+        self.prompts = prompts if isinstance(prompts, PromptSet) else PromptSet(prompts)
+        self.embedder = components.make_embedder(clip, index)
+        self.index = components.make_index(index, self.embedder)
+        self.scorer = Scorer(self.embedder, components.make_head(head, self.embedder))
+        self.vlm: VLM = components.make_vlm(vlm, api_key=api_key)
+        self._exemplars = (
+            ExemplarSource(self.index, side=self.config.exemplar_side) if self.index else None
+        )
+        if self.index is None:
+            log.info("no exemplar index: cropping zero-shot (pass index= a bank folder)")
+
+    # -- the loop --------------------------------------------------------------
+    def crop(
+        self,
+        image: ImageInput,
+        task: str = "free",
+        *,
+        subject: Any = None,
+        ratio: Any = None,
+        **settings: Any,
+    ) -> CropResult:
+        """Crop one photo.
+
+        Args:
+            image: a path, PIL image, array or bytes.
+            task: ``"free"``, ``"subject"`` or ``"aspect"``.
+            subject: for ``"subject"``: a point ``(x, y)``, a box ``(x0, y0, x1, y1)``
+                (normalized), a mask, a text phrase, or ``None`` (the VLM finds the
+                main subject).
+            ratio: for ``"aspect"``: ``"16:9"``, ``1.78`` or ``(16, 9)``.
+            **settings: :class:`CropConfig` fields for this call only.
+        """
+        cfg = self.config.replace(**settings) if settings else self.config
+        task = check_task(task)
+        ratio_ = self._ratio_for(task, ratio)
+        if subject is not None and task != "subject":
+            raise ConfigError(f"subject= applies to task='subject', not task={task!r}")
+        photo = load_image(image)
+        query = PromptPhoto(fit_within(photo, cfg.query_side), key=_name(image))
+        trace: list[Round] = []
+
+        subject_ = None
+        if task == "subject":
+            subject_ = self._find_subject(subject, photo, query, cfg, trace)
+        embedding = self._embed(photo)
+        exemplars = self._retrieve(embedding, task, subject_, ratio_, cfg)
+
+        variables = dict(query=query, exemplars=exemplars, subject=subject_, ratio=ratio_,
+                         n_crops=cfg.crops)
+        all_candidates: list[Candidate] = []
+        feedback: list[Candidate] = []
+        for k in range(1 + cfg.refine_rounds):
+            stage = "propose" if k == 0 else "refine"
+            prompt = self.prompts.render(
+                task, stage, coords=cfg.coords,
+                candidates=self._feedback(photo, feedback, cfg), **variables,
+            )
+            replies, boxes, notes = self._propose(prompt, query.size, photo.size, ratio_, cfg)
+            source = "vlm"
+            if not boxes:
+                boxes, source = self._fallback(all_candidates, photo.size, ratio_)
+                notes.append(f"no valid box after {1 + cfg.retries} tries: fell back to {source}")
+            scores = self.scorer.score(photo, boxes, task, image_embedding=embedding)
+            round_candidates = tuple(
+                Candidate(b, s.total, dict(s.terms), k, "vlm" if source == "vlm" else "fallback")
+                for b, s in zip(boxes, scores, strict=True)
+            )
+            trace.append(Round(len(trace), stage, prompt, tuple(replies), round_candidates,
+                               tuple(notes)))
+            all_candidates.extend(round_candidates)
+            feedback = sorted(round_candidates, key=lambda c: -c.score)[: cfg.crops]
+
+        pool = all_candidates if cfg.select.get(task, "last") == "all" else list(feedback)
+        best = max(pool, key=lambda c: c.score)
+        return CropResult(
+            box=best.box, score=best.score, task=task, photo=photo,
+            candidates=tuple(all_candidates), rounds=tuple(trace), subject=subject_,
+            ratio=ratio_, source=_name(image) if isinstance(image, (str, Path)) else None,
+        )
+
+    # -- steps -----------------------------------------------------------------
+    @staticmethod
+    def _ratio_for(task: str, ratio: Any) -> Ratio | None:
+        if task == "aspect":
+            if ratio is None:
+                raise ConfigError("task='aspect' needs ratio=, e.g. ratio='16:9'")
+            return parse_ratio(ratio)
+        if ratio is not None:
+            raise ConfigError(f"ratio= applies to task='aspect', not task={task!r}")
+        return None
+
+    def _embed(self, photo: Any) -> np.ndarray | None:
+        """The query's embedding, once: it serves retrieval and the content term."""
+        if self.embedder is None:
+            return None
+        return self.embedder.embed([photo])[0]
+
+    def _retrieve(self, embedding: np.ndarray | None, task: str, subject: Subject | None,
+                  ratio: Ratio | None, cfg: CropConfig) -> list[PromptExemplar]:
+        if self._exemplars is None or embedding is None:
+            return []
+        return self._exemplars.retrieve(
+            embedding, task, count=cfg.exemplars, crops_per_exemplar=cfg.exemplar_crops,
+            subject=subject, ratio=ratio,
+        )
+
+    def _sampling(self, n: int, schema: dict, cfg: CropConfig, temperature: float) -> Sampling:
+        return Sampling(n=n, temperature=temperature, max_tokens=cfg.max_tokens,
+                        json_schema=schema, seed=cfg.seed)
+
+    def _propose(self, prompt: Conversation, query_size: tuple[int, int],
+                 photo_size: tuple[int, int], ratio: Ratio | None,
+                 cfg: CropConfig) -> tuple[list[str], list[Box], list[str]]:
+        """Ask for crops, retrying a round whose replies hold no valid box."""
+        sampling = self._sampling(cfg.crops, boxes_schema(cfg.crops, cfg.coords, query_size), cfg,
+                                  cfg.temperature)
+        replies: list[str] = []
+        notes: list[str] = []
+        for attempt in range(1 + cfg.retries):
+            new = self.vlm.generate([prompt], sampling)[0]
+            replies.extend(new)
+            parsed = [parse_reply(r, cfg.coords, query_size) for r in new]
+            boxes = [b for p in parsed for b in p.boxes]
+            if ratio is not None:
+                boxes = [fit_aspect(b, ratio.value, photo_size) for b in boxes]
+            if boxes:
+                kept = dedupe(np.array([b.as_array() for b in boxes]))
+                return replies, [Box(*map(float, row)) for row in kept], notes
+            reasons = sorted({p.reason for p in parsed if p.reason})
+            notes.append(f"try {attempt + 1}: no valid box ({'; '.join(reasons) or 'no reply'})")
+        return replies, [], notes
+
+    @staticmethod
+    def _fallback(earlier: list[Candidate], size: tuple[int, int],
+                  ratio: Ratio | None) -> tuple[list[Box], str]:
+        if ratio is not None:
+            return [fit_aspect(Box.whole(), ratio.value, size)], "the largest centred crop"
+        if earlier:
+            return [max(earlier, key=lambda c: c.score).box], "the best earlier candidate"
+        return [Box.whole()], "the whole photo"
+
+    def _feedback(self, photo: Any, candidates: list[Candidate],
+                  cfg: CropConfig) -> list[dict[str, Any]]:
+        """The previous round's crops as the refine prompt shows them."""
+        return [
+            {
+                "photo": PromptPhoto(fit_within(photo.crop(c.box.to_pixels(photo.size)),
+                                                cfg.candidate_side)),
+                "box": c.box,
+                "score": c.score,
+                "round": c.round,
+            }
+            for c in candidates
+        ]
+
+    def _find_subject(self, spec: Any, photo: Any, query: PromptPhoto, cfg: CropConfig,
+                      trace: list[Round]) -> Subject:
+        """The subject as given, or found by asking the VLM to ground it."""
+        found = subject_from_spec(spec, photo.size)
+        if isinstance(found, Subject):
+            return found
+        text = found  # a phrase, or None for the main subject
+        prompt = self.prompts.render("subject", "ground", coords=cfg.coords, query=query,
+                                     subject_text=text)
+        sampling = self._sampling(1, ground_schema(cfg.coords), cfg, 0.0)
+        replies = self.vlm.generate([prompt], sampling)[0]
+        boxes = [b for r in replies for b in parse_boxes(r, cfg.coords, query.size)]
+        if boxes:
+            subject = Subject(boxes[0].center, boxes[0], text, "text" if text else "auto")
+            note = f"subject found at {boxes[0]}"
+        else:
+            subject = Subject((0.5, 0.5), None, text, "fallback")
+            note = "the VLM gave no subject box: assumed the photo's centre"
+        trace.append(Round(len(trace), "ground", prompt, tuple(replies), (), (note,)))
+        return subject
+
+    def close(self) -> None:
+        self.vlm.close()
+
+    def __enter__(self) -> Cropper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _name(image: ImageInput) -> str:
+    return str(image) if isinstance(image, (str, Path)) else ""

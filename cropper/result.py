@@ -1,0 +1,86 @@
+"""What a crop returns: the chosen box, every candidate with its score terms, the rounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from cropper.boxes import Box, Size
+from cropper.messages import Conversation, conversation_text
+from cropper.tasks import Ratio, Subject
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A proposed crop and its score; ``source`` says where it came from."""
+
+    box: Box
+    score: float
+    terms: dict[str, float]
+    round: int
+    source: str = "vlm"  # vlm, or fallback
+
+
+@dataclass(frozen=True)
+class Round:
+    """One call of the VLM: the prompt, its raw replies, the boxes read and their scores."""
+
+    index: int
+    stage: str  # propose, refine or ground
+    prompt: Conversation = field(repr=False)
+    replies: tuple[str, ...]
+    candidates: tuple[Candidate, ...]
+    notes: tuple[str, ...] = ()  # retries and fallbacks, in words
+
+    @property
+    def prompt_text(self) -> str:
+        return conversation_text(self.prompt)
+
+    @property
+    def boxes(self) -> list[Box]:
+        return [c.box for c in self.candidates]
+
+    @property
+    def scores(self) -> list[float]:
+        return [c.score for c in self.candidates]
+
+
+@dataclass(frozen=True)
+class CropResult:
+    """The best crop of a photo, with the trace that led to it."""
+
+    box: Box
+    score: float
+    task: str
+    photo: Image.Image = field(repr=False)
+    candidates: tuple[Candidate, ...] = field(repr=False)
+    rounds: tuple[Round, ...] = field(repr=False)
+    subject: Subject | None = None
+    ratio: Ratio | None = None
+    source: str | None = None  # the photo's path, when it came from a file
+
+    @property
+    def size(self) -> Size:
+        """The photo's ``(w, h)``, EXIF-corrected."""
+        return self.photo.size
+
+    @property
+    def pixels(self) -> tuple[int, int, int, int]:
+        """``(left, top, right, bottom)`` in pixels of the photo."""
+        return self.box.to_pixels(self.size)
+
+    @property
+    def image(self) -> Image.Image:
+        """The cropped photo."""
+        return self.photo.crop(self.pixels)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary a command line writes: image, task, box in pixels, score."""
+        return {
+            "image": self.source,
+            "task": self.task,
+            "box": list(self.pixels),
+            "score": round(self.score, 6),
+        }

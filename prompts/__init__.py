@@ -1,0 +1,1 @@
+"""The prompt files, shipped as package data (installed as ``cropper.prompts``)."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random checkpoints built once a session, and the real data.
+
+Every checkpoint is written to disk and loaded back through the same code path a
+real one takes; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(os.environ.get("CROPPER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, the real benchmark files; tests that need it skip without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real benchmark data not found at {SHARED_DATA} (set CROPPER_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def gaicd_photo(shared_data: Path) -> Path:
+    """One real GAICD photo from the official layout."""
+    photos = sorted((shared_data / "gaicd" / "official_layout" / "images").rglob("*.jpg"))
+    if not photos:
+        pytest.skip("no GAICD photo under shared/data/gaicd/official_layout/images")
+    return photos[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL checkpoint folder (model, tokenizer, processor)."""
+    from cropper.testing.tiny_vlm import build_tiny_qwen_vl
+
+    return build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen2_5_vl"), family="qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3-VL checkpoint folder (model, tokenizer, processor)."""
+    from cropper.testing.tiny_vlm import build_tiny_qwen_vl
+
+    return build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen3_vl"), family="qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random open_clip model saved to disk; returns its ``local-dir:`` spec."""
+    from cropper.testing.tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
