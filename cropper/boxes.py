@@ -9,6 +9,7 @@ conversions here. Image sizes are always ``(w, h)``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -76,8 +77,13 @@ class Box:
 
     def __post_init__(self) -> None:
         values = (self.x0, self.y0, self.x1, self.y1)
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        if not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        ):
             raise ConfigError(f"Box needs four finite numbers, got {values}")
+        for name, v in zip(("x0", "y0", "x1", "y1"), values, strict=True):
+            object.__setattr__(self, name, float(v))  # numpy scalars become plain floats
         if not (-_EPS <= self.x0 < self.x1 <= 1 + _EPS and -_EPS <= self.y0 < self.y1 <= 1 + _EPS):
             raise ConfigError(
                 f"Box expects 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {values}; "
@@ -108,7 +114,9 @@ class Box:
         return cls.from_pixels((x, y, x + w, y + h), size)
 
     @classmethod
-    def from_yxyx(cls, box: Sequence[float], coords: str = "norm1", size: Size | None = None) -> Box:
+    def from_yxyx(
+        cls, box: Sequence[float], coords: str = "norm1", size: Size | None = None
+    ) -> Box:
         """From ``(y0, x0, y1, x1)`` order (GAICD annotations, Gemini)."""
         y0, x0, y1, x1 = box
         return cls.from_coords((x0, y0, x1, y1), coords, size)
@@ -117,6 +125,8 @@ class Box:
     def to_coords(self, coords: str, size: Size | None = None) -> tuple[float, ...]:
         """The box in a convention of :data:`COORDS`: ints for integer ones, floats for norm1."""
         sx, sy = _scale(coords, size)
+        if coords == "pixel":
+            return self.to_pixels(size)  # type: ignore[arg-type]
         raw = (self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy)
         if coords == "norm1":
             return tuple(round(v, 4) for v in raw)
@@ -126,11 +136,9 @@ class Box:
 
     def to_pixels(self, size: Size) -> tuple[int, int, int, int]:
         """PIL's ``(left, upper, right, lower)`` ints, at least one pixel wide and high."""
-        w, h = size
-        left, top = round(self.x0 * w), round(self.y0 * h)
-        right, bottom = round(self.x1 * w), round(self.y1 * h)
-        left, top = min(left, w - 1), min(top, h - 1)
-        return left, top, max(right, left + 1), max(bottom, top + 1)
+        left, right = _pixel_span(self.x0, self.x1, size[0])
+        top, bottom = _pixel_span(self.y0, self.y1, size[1])
+        return left, top, right, bottom
 
     def to_yxyx(self) -> tuple[float, float, float, float]:
         return self.y0, self.x0, self.y1, self.x1
@@ -168,6 +176,15 @@ class Box:
 
     def __str__(self) -> str:
         return f"Box({self.x0:.4f}, {self.y0:.4f}, {self.x1:.4f}, {self.y1:.4f})"
+
+
+def _pixel_span(lo: float, hi: float, n: int) -> tuple[int, int]:
+    """Rounded pixel edges of ``[lo, hi]`` on an axis of ``n`` pixels, at least 1 px wide."""
+    a, b = round(lo * n), round(hi * n)
+    if b <= a:  # narrower than a pixel: the pixel under its middle
+        a = min(max(math.floor((lo + hi) / 2 * n), 0), n - 1)
+        b = a + 1
+    return a, b
 
 
 # -- array functions over (N, 4) xyxy; each copies its input --------------------
@@ -221,18 +238,26 @@ def fit_aspect(box: Box, ratio: float, size: Size) -> Box:
     if not (math.isfinite(ratio) and ratio > 0):
         raise ConfigError(f"aspect ratio must be a positive number, got {ratio!r}")
     w_img, h_img = size
-    # Every integer height with its rounded width, and every integer width with its
-    # rounded height: together they give the finest steps whichever side is longer.
-    heights = np.arange(1, h_img + 1, dtype=np.float64)
-    widths = np.arange(1, w_img + 1, dtype=np.float64)
-    cand_w = np.concatenate([np.round(heights * ratio), widths])
-    cand_h = np.concatenate([heights, np.round(widths / ratio)])
+    # Every integer length of the longer side, each paired with the other side's
+    # lengths within half a pixel of the ratio (both of them at an exact .5 tie).
+    if ratio >= 1:
+        cand_w = np.arange(1, w_img + 1, dtype=np.float64)
+        ideal = cand_w / ratio
+        cand_w = np.concatenate([cand_w, cand_w])
+        cand_h = np.concatenate([np.ceil(ideal - 0.5 - 1e-9), np.floor(ideal + 0.5 + 1e-9)])
+    else:
+        cand_h = np.arange(1, h_img + 1, dtype=np.float64)
+        ideal = cand_h * ratio
+        cand_h = np.concatenate([cand_h, cand_h])
+        cand_w = np.concatenate([np.ceil(ideal - 0.5 - 1e-9), np.floor(ideal + 0.5 + 1e-9)])
     ok = (cand_w >= 1) & (cand_h >= 1) & (cand_w <= w_img) & (cand_h <= h_img)
-    ok &= np.abs(cand_w - cand_h * ratio) <= max(1.0, ratio) * 0.5 + 1e-9
     cand_w, cand_h = cand_w[ok], cand_h[ok]
     if len(cand_w) == 0:  # a ratio the image cannot hold even at 1 px: the thinnest strip
-        cand_w, cand_h = (np.array([float(w_img)]), np.array([1.0])) if ratio > 1 else (
-            np.array([1.0]), np.array([float(h_img)]))
+        cand_w, cand_h = (
+            (np.array([float(w_img)]), np.array([1.0]))
+            if ratio > 1
+            else (np.array([1.0]), np.array([float(h_img)]))
+        )
     left_p, top_p, right_p, bottom_p = box.to_pixels(size)
     cx, cy = (left_p + right_p) / 2, (top_p + bottom_p) / 2
     left = np.clip(np.round(cx - cand_w / 2), 0, w_img - cand_w)
