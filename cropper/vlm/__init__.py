@@ -43,10 +43,8 @@ BACKENDS: dict[str, Callable[..., VLM]] = {
 }
 
 
-def load_vlm(spec: str | VLM, **kwargs: Any) -> VLM:
-    """Build the backend a spec names (a URL, ``vllm:MODEL``, or a hub id or folder)."""
-    if isinstance(spec, VLM):
-        return spec
+def backend_for(spec: str) -> Callable[..., VLM]:
+    """The factory a spec selects; a malformed spec fails here, before anything loads."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(
             f"vlm must be a server URL, a model id or folder, or a VLM instance; got {spec!r}"
@@ -55,7 +53,14 @@ def load_vlm(spec: str | VLM, **kwargs: Any) -> VLM:
     if "://" in spec and not spec.startswith(("http://", "https://")):
         raise ConfigError(f"VLM URL {spec!r} must start with http:// or https://")
     prefix = max((p for p in BACKENDS if spec.startswith(p)), key=len)
-    return BACKENDS[prefix](spec, **kwargs)
+    return BACKENDS[prefix]
 
 
-__all__ = ["BACKENDS", "VLM", "Sampling", "load_vlm"]
+def load_vlm(spec: str | VLM, **kwargs: Any) -> VLM:
+    """Build the backend a spec names (a URL, ``vllm:MODEL``, or a hub id or folder)."""
+    if isinstance(spec, VLM):
+        return spec
+    return backend_for(spec)(spec.strip(), **kwargs)
+
+
+__all__ = ["BACKENDS", "VLM", "Sampling", "backend_for", "load_vlm"]
