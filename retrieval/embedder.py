@@ -1,0 +1,224 @@
+"""The CLIP image (and text) embedder behind retrieval and scoring, through open_clip.
+
+A model is named by one spec string, which is also its name in bank manifests:
+
+- ``"MODEL:PRETRAINED"``: an open_clip model name and pretrained tag
+  (``"ViT-L-14:openai"``, ``"ViT-B-32:laion2b_s34b_b79k"``), or a weights file for
+  ``PRETRAINED``;
+- ``"hf-hub:org/repo"``: a hub repo holding ``open_clip_config.json`` and weights;
+- ``"local-dir:/path"``: a folder holding the same, e.g. a downloaded copy.
+
+torch and open_clip are imported when an embedder is made, never at import time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from cropper.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
+
+log = logging.getLogger(__name__)
+
+HF_HUB = "hf-hub:"
+LOCAL_DIR = "local-dir:"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What retrieval needs of an image embedder; a toy one in a test will do."""
+
+    name: str  # stable, recorded in bank manifests
+    dim: int
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """``(N, dim)`` L2-normalized float32 embeddings."""
+        ...
+
+
+def _imports() -> tuple[Any, Any]:
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("torch", purpose="CLIP embeddings") from None
+    try:
+        import open_clip
+    except ImportError:
+        raise MissingDependencyError("open_clip_torch", purpose="CLIP embeddings") from None
+    return torch, open_clip
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ClipEmbedder:
+    """An open_clip model that maps photos (and texts) to unit vectors.
+
+    ``device`` defaults to CUDA when available, else the CPU; ``batch_size`` is
+    how many images (or texts) go through the model at once.
+    """
+
+    def __init__(self, spec: str = "ViT-L-14:openai", *, device: Any = None, batch_size: int = 32):
+        if not isinstance(spec, str) or not spec.strip():
+            raise ConfigError(f"CLIP spec {spec!r} is empty: use e.g. 'ViT-L-14:openai'")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        torch, open_clip = _imports()
+        self._torch, self._open_clip = torch, open_clip
+        self.name = spec.strip()
+        self.batch_size = batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._model_name, kwargs = self._resolve(self.name)
+        self._model, self._preprocess = self._create(kwargs)
+        self._tokenizer: Any = None
+        self.dim = self._output_dim()
+
+    # -- loading -------------------------------------------------------------
+    def _resolve(self, spec: str) -> tuple[str, dict[str, Any]]:
+        """The open_clip model name and keyword arguments for a spec; checks what it can first."""
+        if spec.startswith(HF_HUB):
+            return spec, {}
+        if spec.startswith(LOCAL_DIR):
+            folder = Path(spec[len(LOCAL_DIR) :]).expanduser()
+            if not (folder / "open_clip_config.json").is_file():
+                raise WeightsNotFoundError(
+                    f"CLIP model {spec!r}: no open_clip_config.json in {folder}; point "
+                    "'local-dir:/path' at a folder holding open_clip_config.json and its weights"
+                )
+            return f"{LOCAL_DIR}{folder}", {}
+        model, sep, tag = spec.partition(":")
+        model = model.replace("/", "-")
+        known = self._open_clip.list_models()
+        if model not in known:
+            close = difflib.get_close_matches(model, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(
+                f"CLIP model {model!r} is not an open_clip model name{hint}: use "
+                "'MODEL:PRETRAINED' (e.g. 'ViT-L-14:openai'), 'hf-hub:org/repo' "
+                "or 'local-dir:/path'"
+            )
+        tags = self._open_clip.list_pretrained_tags_by_model(model)
+        if not sep or not tag:
+            raise ConfigError(
+                f"CLIP spec {spec!r} names no pretrained weights: write '{model}:TAG' with a "
+                f"TAG of {', '.join(tags) or '(none known; use local-dir:/path)'}"
+            )
+        pcfg = self._open_clip.get_pretrained_cfg(model, tag)
+        if not pcfg and not Path(tag).is_file():
+            raise ConfigError(
+                f"CLIP spec {spec!r}: {tag!r} is neither a pretrained tag of {model} nor a file; "
+                f"tags: {', '.join(tags) or '(none)'}"
+            )
+        # Weights trained with QuickGELU (OpenAI's) give wrong embeddings without it, and
+        # open_clip only warns about the mismatch.
+        return model, {"pretrained": tag, "force_quick_gelu": bool(pcfg.get("quick_gelu"))}
+
+    def _create(self, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        try:
+            model, _, preprocess = self._open_clip.create_model_and_transforms(
+                self._model_name, device=self.device, require_pretrained=True, **kwargs
+            )
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise WeightsNotFoundError(self._not_found_message(exc)) from None
+        model.eval()
+        return model, preprocess
+
+    def _not_found_message(self, exc: BaseException) -> str:
+        spec, reason = self.name, _one_line(exc)
+        if spec.startswith(LOCAL_DIR):
+            return (
+                f"CLIP model {spec!r} could not be loaded ({reason}): the folder needs "
+                "open_clip_config.json and weights (open_clip_model.safetensors)"
+            )
+        if spec.startswith(HF_HUB):
+            fetch = spec[len(HF_HUB) :]
+        else:
+            model, _, tag = spec.partition(":")
+            pcfg = self._open_clip.get_pretrained_cfg(model.replace("/", "-"), tag) or {}
+            fetch = (pcfg.get("hf_hub") or pcfg.get("url") or spec).rstrip("/")
+        return (
+            f"CLIP model {spec!r} is not cached and could not be fetched ({reason}): "
+            f"fetch {fetch} once with internet (HF_HUB_OFFLINE unset), or download it and "
+            "pass 'local-dir:/path' to a folder with open_clip_config.json and the weights"
+        )
+
+    def _output_dim(self) -> int:
+        dim = getattr(getattr(self._model, "visual", None), "output_dim", None)
+        if isinstance(dim, int) and dim > 0:
+            return dim
+        # Towers that do not record it (timm, ResNet): embed one blank image.
+        return int(self._embed_batch([Image.new("RGB", (8, 8))]).shape[1])
+
+    # -- properties ----------------------------------------------------------
+    @property
+    def preprocess_info(self) -> dict[str, Any]:
+        """Image size, mean, std, interpolation and resize mode, for bank manifests."""
+        cfg = dict(getattr(self._model.visual, "preprocess_cfg", {}) or {})
+        size = cfg.get("size")
+        return {
+            "image_size": list(size) if isinstance(size, (tuple, list)) else size,
+            "mean": [float(v) for v in cfg.get("mean", ())],
+            "std": [float(v) for v in cfg.get("std", ())],
+            "interpolation": cfg.get("interpolation"),
+            "resize_mode": cfg.get("resize_mode"),
+        }
+
+    def __repr__(self) -> str:
+        return f"ClipEmbedder({self.name!r}, dim={self.dim}, device={str(self.device)!r})"
+
+    # -- embedding -----------------------------------------------------------
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """``(N, dim)`` L2-normalized float32 image embeddings, in batches of ``batch_size``."""
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [
+            self._embed_batch(images[i : i + self.batch_size])
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(parts, axis=0)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """``(N, dim)`` L2-normalized float32 text embeddings, in batches of ``batch_size``."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self._tokenizer is None:
+            self._tokenizer = self._open_clip.get_tokenizer(self._model_name)
+        torch = self._torch
+        parts = []
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self._tokenizer(texts[i : i + self.batch_size]).to(self.device)
+            with torch.no_grad():
+                parts.append(_unit(self._model.encode_text(tokens)))
+        return np.concatenate(parts, axis=0)
+
+    def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        torch = self._torch
+        pixels = torch.stack([self._preprocess(_rgb(im)) for im in images]).to(self.device)
+        with torch.no_grad():
+            return _unit(self._model.encode_image(pixels))
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    if not isinstance(image, Image.Image):
+        raise ConfigError(
+            f"embed() takes PIL images, got {type(image).__name__}; "
+            "load photos with cropper.images.load_image"
+        )
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _unit(features: Any) -> np.ndarray:
+    """float32 rows of unit length (normalized here, after any half-precision cast)."""
+    arr = features.float().cpu().numpy().astype(np.float32, copy=False)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return arr / np.maximum(norms, 1e-12)
