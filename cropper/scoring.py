@@ -1,0 +1,203 @@
+"""Score candidate crops: a weighted mean of terms in [0, 1].
+
+Terms: *aesthetic* (the aesthetic head over the crop's embedding), *area* (the crop's share
+of the photo) and *content* (cosine of the crop's and the photo's embeddings, clipped at 0).
+A term whose model is missing is dropped with a one-time warning; the rest are re-weighted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from cropper.errors import ConfigError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from cropper.boxes import Box
+    from cropper.head import AestheticHead
+
+logger = logging.getLogger(__name__)
+
+TERMS = ("aesthetic", "area", "content")
+
+
+class Embedder(Protocol):
+    """What scoring needs of an image embedder (e.g. retrieval's CLIP embedder)."""
+
+    name: str  # its spec, e.g. "ViT-L-14:openai", matched against a head's card
+    dim: int
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """``(N, dim)`` L2-normalized float32 embeddings."""
+        ...
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How much each term counts; a zero weight leaves the term out."""
+
+    aesthetic: float = 0
+    area: float = 0
+    content: float = 0
+
+    def __post_init__(self) -> None:
+        values = [getattr(self, t) for t in TERMS]
+        if not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in values):
+            raise ConfigError(f"score weights must be finite and >= 0, got {self}")
+
+
+#: The paper's choice: aesthetics and area for free-form and subject-aware crops,
+#: content preservation alone for aspect-ratio crops.
+TASK_WEIGHTS: dict[str, Weights] = {
+    "free": Weights(aesthetic=1, area=1),
+    "subject": Weights(aesthetic=1, area=1),
+    "aspect": Weights(content=1),
+}
+
+
+@dataclass(frozen=True)
+class Score:
+    """A crop's score: ``total`` is the weighted mean of ``terms`` (each in [0, 1])."""
+
+    total: float
+    terms: dict[str, float]
+
+
+class Scorer:
+    """Scores crops of one photo per call, with one batched embedder pass."""
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        head: AestheticHead | str | None = None,
+        weights: Mapping[str, Weights] | None = None,
+    ):
+        if isinstance(head, str):
+            from cropper.head import load_head
+
+            head = load_head(head)
+        if head is not None and embedder is not None:
+            if head.embedder is not None and head.embedder != embedder.name:
+                raise ConfigError(
+                    f"aesthetic head {head.source or ''} was trained on {head.embedder!r} "
+                    f"embeddings, not {embedder.name!r}: use that embedder or another head"
+                )
+            if head.dim != embedder.dim:
+                raise ConfigError(
+                    f"aesthetic head reads {head.dim}-d embeddings but embedder "
+                    f"{embedder.name!r} gives {embedder.dim}-d: use a matching head"
+                )
+        self.embedder = embedder
+        self.head = head
+        self.weights: dict[str, Weights] = {**TASK_WEIGHTS, **(weights or {})}
+        self._noted: set[str] = set()
+
+    def _note_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._noted:
+            self._noted.add(key)
+            logger.warning(message, *args)
+
+    def active_weights(self, task: str) -> dict[str, float]:
+        """The weighted terms this scorer can compute for ``task`` (area as the last resort)."""
+        if task not in self.weights:
+            raise ConfigError(
+                f"no score weights for task {task!r}: use one of {sorted(self.weights)}"
+            )
+        wanted = {t: float(getattr(self.weights[task], t)) for t in TERMS}
+        wanted = {t: w for t, w in wanted.items() if w > 0}
+        if self.embedder is None and ({"aesthetic", "content"} & set(wanted)):
+            self._note_once(
+                "embedder",
+                "no embedder: scoring with area only (aesthetic and content need image "
+                "embeddings; pass an embedder to Scorer)",
+            )
+            wanted.pop("aesthetic", None)
+            wanted.pop("content", None)
+        elif self.head is None and "aesthetic" in wanted:
+            self._note_once(
+                "head",
+                "no aesthetic head: scoring with area and content only (pass head=..., e.g. "
+                "cropper.head.DEFAULT_HEAD)",
+            )
+            wanted.pop("aesthetic")
+        if not wanted:
+            self._note_once(
+                f"fallback:{task}",
+                "no usable weighted score term for task %r: scoring with area only",
+                task,
+            )
+            wanted = {"area": 1.0}
+        return wanted
+
+    def score(
+        self,
+        image: Image.Image,
+        boxes: Sequence[Box],
+        task: str,
+        *,
+        image_embedding: np.ndarray | None = None,
+    ) -> list[Score]:
+        """Score each box of ``image`` for ``task``; one embedder call covers all of them."""
+        weights = self.active_weights(task)
+        if not boxes:
+            return []
+        terms: dict[str, np.ndarray] = {}
+        if "area" in weights:
+            terms["area"] = np.array([box.area for box in boxes], dtype=np.float64)
+        if "aesthetic" in weights or "content" in weights:
+            crops, whole = self._embed(image, boxes, image_embedding, "content" in weights)
+            if "aesthetic" in weights:
+                assert self.head is not None  # active_weights keeps aesthetic only with a head
+                terms["aesthetic"] = self.head.score(crops)
+            if "content" in weights:
+                terms["content"] = np.clip(crops @ whole, 0.0, 1.0)
+        norm = sum(weights.values())
+        scores = []
+        for i in range(len(boxes)):
+            row = {t: float(v[i]) for t, v in terms.items()}
+            total = sum(weights[t] * row[t] for t in row) / norm
+            scores.append(Score(total=float(total), terms=row))
+        return scores
+
+    def _embed(
+        self,
+        image: Image.Image,
+        boxes: Sequence[Box],
+        image_embedding: np.ndarray | None,
+        need_whole: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Unit embeddings of the crops and (when needed) of the whole photo, in one call."""
+        assert self.embedder is not None
+        dim = self.embedder.dim
+        images = [image.crop(box.to_pixels(image.size)) for box in boxes]
+        whole = None
+        if need_whole and image_embedding is not None:
+            whole = np.asarray(image_embedding, dtype=np.float64).reshape(-1)
+            if whole.shape != (dim,):
+                raise ConfigError(
+                    f"image_embedding must have {dim} values (the embedder's dim), "
+                    f"got shape {np.shape(image_embedding)}"
+                )
+        elif need_whole:
+            images.append(image)
+        out = np.asarray(self.embedder.embed(images), dtype=np.float64)
+        if out.shape != (len(images), dim):
+            raise ConfigError(
+                f"embedder {self.embedder.name!r} returned shape {out.shape} for {len(images)} "
+                f"images, expected ({len(images)}, {dim})"
+            )
+        out = _unit(out)
+        if need_whole and whole is None:
+            whole = out[-1]
+            out = out[:-1]
+        return out, (None if whole is None else _unit(whole[None])[0])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
