@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import pickle  # only to catch UnpicklingError from torch.load(weights_only=True)
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -23,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cropper.defaults import DEFAULT_HEAD  # noqa: F401 (re-exported here)
 from cropper.errors import ConfigError
+from cropper.fileio import atomic_path
 from cropper.weights import HF_HUB_PREFIX, resolve_weights
 
 if TYPE_CHECKING:
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The LAION improved aesthetic predictor (an MLP over CLIP ViT-L/14 image embeddings,
-#: trained on SAC + LAION-Logos + AVA ratings), as TRL's DDPO fetches it.
-DEFAULT_HEAD = "hf-hub:trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
 
 CARD_FORMAT = "cropper-aesthetic-head"
 CARD_VERSION = 1
@@ -359,14 +357,8 @@ def save_head(
 
 def _atomic_write(target: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``target``, then rename it over."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:
+        write(str(tmp))
 
 
 def random_head(dim: int, seed: int = 0, embedder: str | None = None) -> AestheticHead:

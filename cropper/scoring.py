@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cropper.errors import ConfigError
+from retrieval.embedder import Embedder
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -25,17 +26,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TERMS = ("aesthetic", "area", "content")
-
-
-class Embedder(Protocol):
-    """What scoring needs of an image embedder (e.g. retrieval's CLIP embedder)."""
-
-    name: str  # its spec, e.g. "ViT-L-14:openai", matched against a head's card
-    dim: int
-
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """``(N, dim)`` L2-normalized float32 embeddings."""
-        ...
 
 
 @dataclass(frozen=True)
