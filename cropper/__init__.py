@@ -39,7 +39,28 @@ _EXPORTS = {
     "WeightsNotFoundError": "cropper.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Box",
+    "Candidate",
+    "ConfigError",
+    "CropConfig",
+    "CropResult",
+    "Cropper",
+    "CropperError",
+    "ExemplarIndexError",
+    "ImageError",
+    "PromptSet",
+    "Round",
+    "Sampling",
+    "VLM",
+    "VLMError",
+    "WeightsNotFoundError",
+    "fit_aspect",
+    "load_image",
+    "load_vlm",
+    "parse_boxes",
+    "parse_reply",
+]
 
 if TYPE_CHECKING:
     from cropper.boxes import Box, fit_aspect

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cropper.components import DEFAULT
-from cropper.errors import CropperError
+from cropper.errors import CropperError, VLMError
 from cropper.tasks import TASKS
 
 log = logging.getLogger("cropper")
@@ -38,20 +38,33 @@ def build_parser() -> argparse.ArgumentParser:
         "phrase ('the red kite'); default: the VLM finds the main subject",
     )
     # DEFAULT: the environment, else the documented default (see cropper.defaults).
-    crop.add_argument("--vlm", default=DEFAULT,
-                      help="server URL, model id or folder (default: $CROPPER_VLM)")
-    crop.add_argument("--clip", type=_none_or, default=DEFAULT,
-                      help="open_clip model, e.g. ViT-L-14:openai, or none")
-    crop.add_argument("--head", type=_none_or, default=DEFAULT,
-                      help="aesthetic head weights, or none")
-    crop.add_argument("--index", type=_none_or, default=DEFAULT,
-                      help="exemplar bank folder (default: $CROPPER_INDEX, else zero-shot)")
+    crop.add_argument(
+        "--vlm", default=DEFAULT, help="server URL, model id or folder (default: $CROPPER_VLM)"
+    )
+    crop.add_argument(
+        "--clip",
+        type=_none_or,
+        default=DEFAULT,
+        help="open_clip model, e.g. ViT-L-14:openai, or none",
+    )
+    crop.add_argument(
+        "--head", type=_none_or, default=DEFAULT, help="aesthetic head weights, or none"
+    )
+    crop.add_argument(
+        "--index",
+        type=_none_or,
+        default=DEFAULT,
+        help="exemplar bank folder (default: $CROPPER_INDEX, else zero-shot)",
+    )
     crop.add_argument("--prompts", help="folder of prompt files (default: the shipped ones)")
     crop.add_argument("--coords", help="coordinate convention of the model (default norm1000)")
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
     crop.add_argument("-o", "--out", help="output file (one photo) or folder (several)")
-    crop.add_argument("--json", action="store_true",
-                      help="one JSON object a line: image, task, box (pixels), score")
+    crop.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object a line: image, task, box (pixels), score",
+    )
     crop.set_defaults(run=run_crop)
     return parser
 
@@ -82,6 +95,12 @@ def run_crop(args: argparse.Namespace) -> int:
             )
             if out is not None:
                 save_image(result.image, out)
+        except VLMError as exc:
+            if exc.retryable:
+                raise  # the server is down or overloaded past retries: stop, not photo after photo
+            failures += 1
+            print(f"cropper: {image}: {exc}", file=sys.stderr)
+            continue
         except CropperError as exc:
             failures += 1
             print(f"cropper: {exc}", file=sys.stderr)

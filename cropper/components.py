@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cropper import defaults
-from cropper.errors import CropperError
+from cropper.errors import ConfigError, CropperError
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +25,26 @@ class _Default:
 DEFAULT: Any = _Default()
 
 
-def make_vlm(vlm: Any, api_key: str | None = None) -> Any:
-    from cropper.vlm import VLM, load_vlm
+def vlm_spec(vlm: Any) -> Any:
+    """The VLM a ``vlm=`` argument names, checked before anything heavy loads."""
+    from cropper.vlm import VLM, backend_for
 
     if isinstance(vlm, VLM):
         return vlm
     spec = defaults.from_env(defaults.ENV_VLM, defaults.DEFAULT_VLM) if vlm is DEFAULT else vlm
-    if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
-        from cropper.errors import ConfigError
-
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
         raise ConfigError(
             "a VLM is needed: pass vlm= a server URL (http://host:8000/v1) or a model id or folder"
         )
-    kwargs = {"api_key": api_key} if api_key and str(spec).startswith("http") else {}
+    backend_for(spec)
+    return spec
+
+
+def make_vlm(vlm: Any, api_key: str | None = None) -> Any:
+    from cropper.vlm import load_vlm
+
+    spec = vlm_spec(vlm)
+    kwargs = {"api_key": api_key} if api_key and isinstance(spec, str) and "://" in spec else {}
     return load_vlm(spec, **kwargs)
 
 
@@ -56,7 +63,7 @@ def index_embedder_name(index: Any) -> str | None:
 
 def make_embedder(clip: Any, index: Any = None) -> Any:
     """The CLIP model; by default the one the bank was built with, so one serves both."""
-    if clip is None or (isinstance(clip, str) and not isinstance(clip, Path) and not clip.strip()):
+    if clip is None or (isinstance(clip, str) and not clip.strip()):
         return None
     if clip is DEFAULT:
         clip = defaults.from_env(
@@ -81,8 +88,10 @@ def make_head(head: Any, embedder: Any) -> Any:
     if spec is not None:
         return load_head(spec)
     if embedder is None or getattr(embedder, "name", None) != defaults.DEFAULT_CLIP:
-        log.info("no aesthetic head for embedder %s; pass head= to use one",
-                 getattr(embedder, "name", None))
+        log.info(
+            "no aesthetic head for embedder %s; pass head= to use one",
+            getattr(embedder, "name", None),
+        )
         return None
     try:
         return load_head(defaults.DEFAULT_HEAD)
@@ -99,7 +108,7 @@ def make_index(index: Any, embedder: Any) -> Any:
     from retrieval.index import ExemplarIndex
 
     if embedder is None:
-        from cropper.errors import ConfigError
-
-        raise ConfigError(f"index {index} needs a CLIP embedder to search it; do not pass clip=None")
+        raise ConfigError(
+            f"index {index} needs a CLIP embedder to search it; do not pass clip=None"
+        )
     return ExemplarIndex.load(index, embedder=embedder)

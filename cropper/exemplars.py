@@ -1,4 +1,4 @@
-"""Exemplars for a prompt: retrieved from the bank, their crops chosen by task, photos sized once."""
+"""Exemplars for a prompt: retrieved, their crops chosen by task, photos sized once."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cropper.errors import ImageError
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]  # noqa: UP007 (runtime alias)
 
 #: Photos above this many pixels are refused before decoding (a decompression bomb
 #: or a scan too large to crop in memory). 1.5e8 is a 12,000 x 12,500 photo.

@@ -97,6 +97,7 @@ class Cropper:
         **settings: Any,
     ):
         self.config = (config or CropConfig()).replace(**settings)
+        vlm = components.vlm_spec(vlm)  # a malformed spec fails before the models load
         self.prompts = prompts if isinstance(prompts, PromptSet) else PromptSet(prompts)
         self.embedder = components.make_embedder(clip, index)
         self.index = components.make_index(index, self.embedder)
@@ -144,15 +145,19 @@ class Cropper:
         embedding = self._embed(photo)
         exemplars = self._retrieve(embedding, task, subject_, ratio_, cfg)
 
-        variables = dict(query=query, exemplars=exemplars, subject=subject_, ratio=ratio_,
-                         n_crops=cfg.crops)
+        variables = dict(
+            query=query, exemplars=exemplars, subject=subject_, ratio=ratio_, n_crops=cfg.crops
+        )
         all_candidates: list[Candidate] = []
         feedback: list[Candidate] = []
         for k in range(1 + cfg.refine_rounds):
             stage = "propose" if k == 0 else "refine"
             prompt = self.prompts.render(
-                task, stage, coords=cfg.coords,
-                candidates=self._feedback(photo, feedback, cfg), **variables,
+                task,
+                stage,
+                coords=cfg.coords,
+                candidates=self._feedback(photo, feedback, cfg),
+                **variables,
             )
             replies, boxes, notes = self._propose(prompt, query.size, photo.size, ratio_, cfg)
             source = "vlm"
@@ -164,17 +169,24 @@ class Cropper:
                 Candidate(b, s.total, dict(s.terms), k, "vlm" if source == "vlm" else "fallback")
                 for b, s in zip(boxes, scores, strict=True)
             )
-            trace.append(Round(len(trace), stage, prompt, tuple(replies), round_candidates,
-                               tuple(notes)))
+            trace.append(
+                Round(len(trace), stage, prompt, tuple(replies), round_candidates, tuple(notes))
+            )
             all_candidates.extend(round_candidates)
             feedback = sorted(round_candidates, key=lambda c: -c.score)[: cfg.crops]
 
         pool = all_candidates if cfg.select.get(task, "last") == "all" else list(feedback)
         best = max(pool, key=lambda c: c.score)
         return CropResult(
-            box=best.box, score=best.score, task=task, photo=photo,
-            candidates=tuple(all_candidates), rounds=tuple(trace), subject=subject_,
-            ratio=ratio_, source=_name(image) if isinstance(image, (str, Path)) else None,
+            box=best.box,
+            score=best.score,
+            task=task,
+            photo=photo,
+            candidates=tuple(all_candidates),
+            rounds=tuple(trace),
+            subject=subject_,
+            ratio=ratio_,
+            source=_name(image) if isinstance(image, (str, Path)) else None,
         )
 
     # -- steps -----------------------------------------------------------------
@@ -194,25 +206,46 @@ class Cropper:
             return None
         return self.embedder.embed([photo])[0]
 
-    def _retrieve(self, embedding: np.ndarray | None, task: str, subject: Subject | None,
-                  ratio: Ratio | None, cfg: CropConfig) -> list[PromptExemplar]:
+    def _retrieve(
+        self,
+        embedding: np.ndarray | None,
+        task: str,
+        subject: Subject | None,
+        ratio: Ratio | None,
+        cfg: CropConfig,
+    ) -> list[PromptExemplar]:
         if self._exemplars is None or embedding is None:
             return []
         return self._exemplars.retrieve(
-            embedding, task, count=cfg.exemplars, crops_per_exemplar=cfg.exemplar_crops,
-            subject=subject, ratio=ratio,
+            embedding,
+            task,
+            count=cfg.exemplars,
+            crops_per_exemplar=cfg.exemplar_crops,
+            subject=subject,
+            ratio=ratio,
         )
 
     def _sampling(self, n: int, schema: dict, cfg: CropConfig, temperature: float) -> Sampling:
-        return Sampling(n=n, temperature=temperature, max_tokens=cfg.max_tokens,
-                        json_schema=schema, seed=cfg.seed)
+        return Sampling(
+            n=n,
+            temperature=temperature,
+            max_tokens=cfg.max_tokens,
+            json_schema=schema,
+            seed=cfg.seed,
+        )
 
-    def _propose(self, prompt: Conversation, query_size: tuple[int, int],
-                 photo_size: tuple[int, int], ratio: Ratio | None,
-                 cfg: CropConfig) -> tuple[list[str], list[Box], list[str]]:
+    def _propose(
+        self,
+        prompt: Conversation,
+        query_size: tuple[int, int],
+        photo_size: tuple[int, int],
+        ratio: Ratio | None,
+        cfg: CropConfig,
+    ) -> tuple[list[str], list[Box], list[str]]:
         """Ask for crops, retrying a round whose replies hold no valid box."""
-        sampling = self._sampling(cfg.crops, boxes_schema(cfg.crops, cfg.coords, query_size), cfg,
-                                  cfg.temperature)
+        sampling = self._sampling(
+            cfg.crops, boxes_schema(cfg.crops, cfg.coords, query_size), cfg, cfg.temperature
+        )
         replies: list[str] = []
         notes: list[str] = []
         for attempt in range(1 + cfg.retries):
@@ -230,21 +263,24 @@ class Cropper:
         return replies, [], notes
 
     @staticmethod
-    def _fallback(earlier: list[Candidate], size: tuple[int, int],
-                  ratio: Ratio | None) -> tuple[list[Box], str]:
+    def _fallback(
+        earlier: list[Candidate], size: tuple[int, int], ratio: Ratio | None
+    ) -> tuple[list[Box], str]:
         if ratio is not None:
             return [fit_aspect(Box.whole(), ratio.value, size)], "the largest centred crop"
         if earlier:
             return [max(earlier, key=lambda c: c.score).box], "the best earlier candidate"
         return [Box.whole()], "the whole photo"
 
-    def _feedback(self, photo: Any, candidates: list[Candidate],
-                  cfg: CropConfig) -> list[dict[str, Any]]:
+    def _feedback(
+        self, photo: Any, candidates: list[Candidate], cfg: CropConfig
+    ) -> list[dict[str, Any]]:
         """The previous round's crops as the refine prompt shows them."""
         return [
             {
-                "photo": PromptPhoto(fit_within(photo.crop(c.box.to_pixels(photo.size)),
-                                                cfg.candidate_side)),
+                "photo": PromptPhoto(
+                    fit_within(photo.crop(c.box.to_pixels(photo.size)), cfg.candidate_side)
+                ),
                 "box": c.box,
                 "score": c.score,
                 "round": c.round,
@@ -252,15 +288,17 @@ class Cropper:
             for c in candidates
         ]
 
-    def _find_subject(self, spec: Any, photo: Any, query: PromptPhoto, cfg: CropConfig,
-                      trace: list[Round]) -> Subject:
+    def _find_subject(
+        self, spec: Any, photo: Any, query: PromptPhoto, cfg: CropConfig, trace: list[Round]
+    ) -> Subject:
         """The subject as given, or found by asking the VLM to ground it."""
         found = subject_from_spec(spec, photo.size)
         if isinstance(found, Subject):
             return found
         text = found  # a phrase, or None for the main subject
-        prompt = self.prompts.render("subject", "ground", coords=cfg.coords, query=query,
-                                     subject_text=text)
+        prompt = self.prompts.render(
+            "subject", "ground", coords=cfg.coords, query=query, subject_text=text
+        )
         sampling = self._sampling(1, ground_schema(cfg.coords), cfg, 0.0)
         replies = self.vlm.generate([prompt], sampling)[0]
         boxes = [b for r in replies for b in parse_boxes(r, cfg.coords, query.size)]

@@ -28,7 +28,7 @@ class ImagePart:
     key: str = ""
 
 
-Part = Union[TextPart, ImagePart]
+Part = Union[TextPart, ImagePart]  # noqa: UP007 (runtime alias, Python 3.10 too)
 
 
 @dataclass(frozen=True)

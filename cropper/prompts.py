@@ -45,7 +45,7 @@ class PromptPhoto:
 def default_prompt_dir() -> Path:
     """The prompt files shipped with cropper (``prompts/`` in a checkout)."""
     try:
-        shipped = Path(str(importlib.resources.files("cropper.prompts")))
+        shipped = Path(str(importlib.resources.files("cropper.prompt_files")))
     except ModuleNotFoundError:
         shipped = Path(__file__).resolve().parent.parent / "prompts"
     if not (shipped / "free" / "propose.j2").is_file():

@@ -54,8 +54,11 @@ def parse_ratio(ratio: Any) -> Ratio:
                 value = None
     if value is None or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"aspect ratio {ratio!r} is not valid: write it as W:H, e.g. '16:9'")
-    text = ratio.strip() if isinstance(ratio, str) else (
-        f"{ratio[0]}:{ratio[1]}" if isinstance(ratio, (tuple, list)) else f"{value:g}")
+    text = (
+        ratio.strip()
+        if isinstance(ratio, str)
+        else (f"{ratio[0]}:{ratio[1]}" if isinstance(ratio, (tuple, list)) else f"{value:g}")
+    )
     return Ratio(value, text)
 
 

@@ -1,1 +1,1 @@
-"""The prompt files, shipped as package data (installed as ``cropper.prompts``)."""
+"""The prompt files, shipped as package data (installed as ``cropper.prompt_files``)."""

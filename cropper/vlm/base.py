@@ -28,14 +28,16 @@ class VLM(ABC):
     name: str = "vlm"
 
     @abstractmethod
-    def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[list[str]]:
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: Sampling
+    ) -> list[list[str]]:
         """Reply to each conversation ``sampling.n`` times.
 
         Returns one list of ``n`` reply strings per conversation, in order. Raises
         :class:`cropper.errors.VLMError` when the model cannot answer at all.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional to override)
         """Release what the backend holds (connections, GPU memory)."""
 
     def __enter__(self) -> VLM:

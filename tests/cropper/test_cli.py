@@ -1,0 +1,94 @@
+"""The command line, driven against a real OpenAI-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from cropper.cli import main
+from cropper.testing.openai_server import OpenAICompatibleServer
+
+
+@pytest.fixture(scope="module")
+def server():
+    with OpenAICompatibleServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def photos(tmp_path):
+    paths = []
+    for i, size in enumerate([(320, 240), (200, 300)]):
+        path = tmp_path / f"p{i}.jpg"
+        Image.new("RGB", size, (30 * i, 100, 200)).save(path)
+        paths.append(path)
+    return paths
+
+
+def run(server, *args):
+    return main(["crop", *map(str, args), "--vlm", server.url, "--clip", "none", "--head", "none"])
+
+
+def test_aspect_crop_written_to_out(server, photos, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert run(server, photos[0], "--task", "aspect", "--ratio", "16:9", "-o", out) == 0
+    w, h = Image.open(out).size
+    assert abs(w - h * 16 / 9) <= 1 and w <= 320 and h <= 240
+    assert str(out) in capsys.readouterr().out
+
+
+def test_json_lines_for_several_photos(server, photos, capsys):
+    assert run(server, *photos, "--task", "subject", "--subject", "0.4,0.5", "--json") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in photos]
+    for line, path in zip(lines, photos, strict=True):
+        assert set(line) == {"image", "task", "box", "score"} and line["task"] == "subject"
+        left, top, right, bottom = line["box"]
+        w, h = Image.open(path).size
+        assert 0 <= left < right <= w and 0 <= top < bottom <= h
+        assert 0 <= line["score"] <= 1
+
+
+def test_a_bad_photo_fails_alone(server, photos, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    missing = tmp_path / "missing.jpg"
+    out = tmp_path / "crops"
+    out.mkdir()
+    code = run(server, photos[0], bad, missing, photos[1], "-o", out)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["p0.jpg", "p1.jpg"]
+    errors = captured.err.strip().splitlines()
+    assert any(str(bad) in e and "not an image" in e for e in errors)
+    assert any(str(missing) in e and "no such file" in e for e in errors)
+    assert errors[-1] == "cropper: 2 of 4 photos failed"
+
+
+def test_output_that_would_overwrite_an_input_is_refused(server, photos, capsys):
+    assert run(server, photos[0], "-o", photos[0]) == 2
+    assert "would overwrite an input" in capsys.readouterr().err
+
+
+def test_unreachable_server_is_one_clear_line(photos, capsys):
+    code = main(
+        [
+            "crop",
+            str(photos[0]),
+            "--vlm",
+            "http://127.0.0.1:9/v1",
+            "--clip",
+            "none",
+            "--head",
+            "none",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "127.0.0.1:9" in err and len(err.splitlines()) == 1
+
+
+def test_bad_url_scheme_is_refused(photos, capsys):
+    assert main(["crop", str(photos[0]), "--vlm", "ftp://example/v1"]) == 2
+    assert "http:// or https://" in capsys.readouterr().err

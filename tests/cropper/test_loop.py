@@ -1,0 +1,218 @@
+"""The loop's logic (rounds, retry, fallback, selection rules) with a scripted VLM.
+
+The scripted VLM only stands in for the model's replies; every other part is the
+real one. Backends are tested against real models and servers elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+import pytest
+from PIL import Image
+
+from cropper import ConfigError, Cropper
+from cropper.messages import Conversation, ImagePart, conversation_text
+from cropper.vlm.base import VLM, Sampling
+
+
+class ScriptedVLM(VLM):
+    """Replies from a script: a list of reply batches, or a function of the call."""
+
+    name = "scripted"
+
+    def __init__(
+        self, script: Sequence[Sequence[str]] | Callable[[Conversation, Sampling], list[str]]
+    ):
+        self.script = script
+        self.calls: list[tuple[Conversation, Sampling]] = []
+
+    def generate(self, conversations, sampling):
+        out = []
+        for conversation in conversations:
+            self.calls.append((conversation, sampling))
+            if callable(self.script):
+                out.append(self.script(conversation, sampling))
+            else:
+                out.append(list(self.script[len(self.calls) - 1]))
+        return out
+
+
+def crops(*boxes: tuple[int, int, int, int]) -> str:
+    return json.dumps({"crops": [list(b) for b in boxes]})
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    return Image.new("RGB", (640, 480), (90, 120, 150))
+
+
+def make(script, **settings) -> tuple[Cropper, ScriptedVLM]:
+    vlm = ScriptedVLM(script)
+    # No CLIP and no head: scores are the area term alone, so the tests know the ranking.
+    return Cropper(vlm=vlm, clip=None, head=None, index=None, **settings), vlm
+
+
+def test_rounds_follow_the_paper_defaults(photo):
+    cropper, vlm = make(lambda conv, s: [crops((100, 100, 900, 900))] * s.n)
+    result = cropper.crop(photo, task="free")
+    assert [r.stage for r in result.rounds] == ["propose", "refine", "refine"]
+    assert len(vlm.calls) == 3
+    sampling = vlm.calls[0][1]
+    assert (sampling.n, sampling.temperature) == (6, 0.05)
+    assert sampling.json_schema["properties"]["crops"]["maxItems"] == 6
+
+
+def test_free_form_selects_from_the_last_round_only(photo):
+    script = [
+        [crops((0, 0, 1000, 1000))],
+        [crops((50, 50, 950, 950))],
+        [crops((100, 100, 900, 900), (200, 200, 800, 800))],
+    ]
+    cropper, _ = make(script, crops=1)
+    result = cropper.crop(photo, task="free")
+    # The whole photo scored highest (area) but came in round 0: free-form picks from the last.
+    assert list(result.box.as_array()) == pytest.approx([0.1, 0.1, 0.9, 0.9])
+    assert max(c.score for c in result.candidates) > result.score
+    assert {c.round for c in result.candidates} == {0, 1, 2}
+
+
+def test_aspect_selects_from_all_rounds_with_exact_ratio(photo):
+    script = [
+        [crops((0, 0, 1000, 1000))],
+        [crops((300, 300, 600, 600))],
+        [crops((400, 400, 500, 500))],
+    ]
+    cropper, _ = make(script, crops=1)
+    result = cropper.crop(photo, task="aspect", ratio="16:9")
+    assert result.candidates[0].round == 0
+    assert result.box == result.candidates[0].box  # the best of all rounds
+    for c in result.candidates:
+        left, top, right, bottom = c.box.to_pixels(photo.size)
+        assert abs((right - left) - (bottom - top) * 16 / 9) <= 16 / 9 * 0.5 + 1e-6
+    assert result.pixels[2] - result.pixels[0] == 640  # the whole width: the largest 16:9
+
+
+def test_a_garbage_round_is_retried_once(photo):
+    script = [
+        ["I cannot see any photo."],
+        [crops((100, 100, 900, 900))],
+        [crops((100, 100, 800, 800))],
+        [crops((100, 100, 700, 700))],
+    ]
+    cropper, vlm = make(script, crops=1)
+    result = cropper.crop(photo, task="free")
+    assert len(vlm.calls) == 4
+    first = result.rounds[0]
+    assert len(first.replies) == 2 and "no valid box" in first.notes[0]
+    assert all(c.source == "vlm" for c in result.candidates)
+
+
+@pytest.mark.parametrize(
+    ("task", "ratio", "expected"),
+    [
+        ("free", None, "the whole photo"),
+        ("aspect", "1:1", "the largest centred crop"),
+    ],
+)
+def test_no_valid_box_falls_back_without_raising(photo, task, ratio, expected):
+    cropper, vlm = make(lambda conv, s: ["nothing useful"] * s.n, refine_rounds=1)
+    result = cropper.crop(photo, task=task, ratio=ratio)
+    assert len(vlm.calls) == 4  # two rounds, each tried twice
+    assert expected in result.rounds[0].notes[-1]
+    assert all(c.source == "fallback" for c in result.candidates)
+    if task == "aspect":
+        assert result.pixels == (80, 0, 560, 480)
+    else:
+        assert result.pixels == (0, 0, 640, 480)
+        assert "the best earlier candidate" in result.rounds[1].notes[-1]
+
+
+def test_refine_prompt_keeps_the_propose_prompt_as_its_prefix(photo):
+    cropper, vlm = make(
+        lambda conv, s: [crops((100, 100, 900, 900), (0, 0, 500, 500))] * s.n, refine_rounds=1
+    )
+    result = cropper.crop(photo, task="free")
+    propose, refine = (conversation_text(r.prompt) for r in result.rounds)
+    head = propose.split("Propose 6 different crops")[0]
+    assert refine.startswith(head)
+    assert "Earlier crops of this photo" in refine and "Earlier crops" not in propose
+    # Each earlier candidate is shown as its own crop image, after the query photo.
+    refine_images = [
+        p for m in result.rounds[1].prompt for p in m.parts if isinstance(p, ImagePart)
+    ]
+    assert len(refine_images) == 1 + len(result.rounds[0].candidates)
+    assert refine_images[1].image.size[0] <= cropper.config.candidate_side
+
+
+def test_subject_point_goes_into_the_prompt_without_grounding(photo):
+    cropper, vlm = make(lambda conv, s: [crops((300, 300, 700, 700))] * s.n, refine_rounds=0)
+    result = cropper.crop(photo, task="subject", subject=(0.5, 0.25))
+    assert [r.stage for r in result.rounds] == ["propose"]
+    assert "centred at (500, 250)" in result.rounds[0].prompt_text
+    assert result.subject.source == "point"
+
+
+@pytest.mark.parametrize(("subject", "source"), [("the red kite", "text"), (None, "auto")])
+def test_subject_phrase_or_none_is_grounded_by_the_vlm(photo, subject, source):
+    def script(conv, sampling):
+        if "box" in sampling.json_schema["properties"]:
+            return [json.dumps({"box": [100, 200, 300, 400]})]
+        return [crops((50, 100, 400, 500))] * sampling.n
+
+    cropper, vlm = make(script, refine_rounds=0)
+    result = cropper.crop(photo, task="subject", subject=subject)
+    assert [r.stage for r in result.rounds] == ["ground", "propose"]
+    assert result.subject.source == source
+    assert result.subject.point == pytest.approx((0.2, 0.3))
+    assert vlm.calls[0][1].temperature == 0.0
+    if subject:
+        assert "the red kite" in result.rounds[0].prompt_text
+
+
+def test_ungroundable_subject_falls_back_to_the_centre(photo):
+    cropper, _ = make(lambda conv, s: ["no idea"] * s.n, refine_rounds=0)
+    result = cropper.crop(photo, task="subject")
+    assert result.subject.source == "fallback" and result.subject.point == (0.5, 0.5)
+    assert "centre" in result.rounds[0].notes[0]
+
+
+def test_per_call_settings_override_the_defaults(photo):
+    cropper, vlm = make(lambda conv, s: [crops((100, 100, 900, 900))] * s.n)
+    result = cropper.crop(photo, task="free", refine_rounds=0, crops=3, coords="norm1")
+    assert len(result.rounds) == 1 and vlm.calls[0][1].n == 3
+    assert vlm.calls[0][1].json_schema["properties"]["crops"]["items"]["items"]["type"] == "number"
+
+
+def test_result_exposes_pixels_image_and_json(photo, tmp_path):
+    path = tmp_path / "p.png"
+    photo.save(path)
+    cropper, _ = make(lambda conv, s: [crops((250, 0, 750, 1000))] * s.n, refine_rounds=0)
+    result = cropper.crop(path)
+    assert result.pixels == (160, 0, 480, 480)
+    assert result.image.size == (320, 480)
+    assert result.to_json() == {
+        "image": str(path),
+        "task": "free",
+        "box": [160, 0, 480, 480],
+        "score": pytest.approx(result.score, abs=1e-6),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": "zoom"}, "unknown task"),
+        ({"task": "aspect"}, "needs ratio="),
+        ({"task": "aspect", "ratio": "wide"}, "not valid"),
+        ({"task": "free", "ratio": "1:1"}, "applies to task='aspect'"),
+        ({"task": "free", "subject": (0.5, 0.5)}, "applies to task='subject'"),
+        ({"task": "subject", "subject": (2.0, 0.5)}, "normalized"),
+        ({"task": "free", "bogus": 1}, "unknown setting"),
+    ],
+)
+def test_bad_arguments_get_a_clear_error(photo, kwargs, message):
+    cropper, _ = make(lambda conv, s: [crops((0, 0, 10, 10))])
+    with pytest.raises(ConfigError, match=message):
+        cropper.crop(photo, **kwargs)
