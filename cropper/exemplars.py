@@ -34,9 +34,8 @@ class ExemplarSource:
     once and kept, keyed by path, modification time and size budget.
     """
 
-    def __init__(self, index: Any, *, side: int, cache_size: int = 512):
+    def __init__(self, index: Any, *, cache_size: int = 512):
         self.index = index
-        self.side = side
         self._photos: OrderedDict[tuple[str, float, int], PromptPhoto] = OrderedDict()
         self._cache_size = cache_size
         self._missing: set[str] = set()
@@ -48,6 +47,7 @@ class ExemplarSource:
         *,
         count: int,
         crops_per_exemplar: int,
+        side: int,
         subject: Subject | None = None,
         ratio: Ratio | None = None,
     ) -> list[PromptExemplar]:
@@ -57,7 +57,7 @@ class ExemplarSource:
             return []
         exemplars = []
         for hit in self.index.search(embedding, k=count):
-            photo = self._photo(hit.image)
+            photo = self._photo(hit.image, side)
             if photo is None:
                 continue
             crops = select_crops(
@@ -71,9 +71,9 @@ class ExemplarSource:
                 exemplars.append(PromptExemplar(photo, list(crops), float(hit.similarity)))
         return exemplars
 
-    def _photo(self, path: str) -> PromptPhoto | None:
+    def _photo(self, path: str, side: int) -> PromptPhoto | None:
         try:
-            key = (path, os.path.getmtime(path), self.side)
+            key = (path, os.path.getmtime(path), side)
         except OSError:
             self._warn_missing(path, "no such file")
             return None
@@ -82,7 +82,7 @@ class ExemplarSource:
             self._photos.move_to_end(key)
             return cached
         try:
-            photo = PromptPhoto(fit_within(load_image(path), self.side), key=path)
+            photo = PromptPhoto(fit_within(load_image(path), side), key=f"{path}@{side}")
         except CropperError as exc:
             self._warn_missing(path, str(exc))
             return None

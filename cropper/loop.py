@@ -103,9 +103,7 @@ class Cropper:
         self.index = components.make_index(index, self.embedder)
         self.scorer = Scorer(self.embedder, components.make_head(head, self.embedder))
         self.vlm: VLM = components.make_vlm(vlm, api_key=api_key)
-        self._exemplars = (
-            ExemplarSource(self.index, side=self.config.exemplar_side) if self.index else None
-        )
+        self._exemplars = ExemplarSource(self.index) if self.index else None
         if self.index is None:
             log.info("no exemplar index: cropping zero-shot (pass index= a bank folder)")
 
@@ -221,6 +219,7 @@ class Cropper:
             task,
             count=cfg.exemplars,
             crops_per_exemplar=cfg.exemplar_crops,
+            side=cfg.exemplar_side,
             subject=subject,
             ratio=ratio,
         )

@@ -55,13 +55,34 @@ def build_tiny_clip(out_dir: str | os.PathLike, seed: int = 0, embed_dim: int = 
 
     The same ``seed`` and ``embed_dim`` always give the same weights.
     """
+    return _write_clip(out_dir, tiny_clip_config(embed_dim), seed)
+
+
+def build_random_clip(
+    out_dir: str | os.PathLike, model_name: str = "ViT-B-32", seed: int = 0
+) -> str:
+    """A full-size open_clip architecture with random weights (nothing downloaded).
+
+    It costs what the real model costs to run, so benchmarks use it in place of
+    pretrained weights.
+    """
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(model_name)
+    if model_cfg is None:
+        raise ValueError(f"unknown open_clip model {model_name!r}")
+    config = tiny_clip_config()
+    config["model_cfg"] = model_cfg
+    return _write_clip(out_dir, config, seed)
+
+
+def _write_clip(out_dir: str | os.PathLike, config: dict, seed: int) -> str:
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     folder = Path(out_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    config = tiny_clip_config(embed_dim)
     # A private RNG stream: building the model must not disturb the caller's seeds.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

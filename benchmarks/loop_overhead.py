@@ -1,0 +1,184 @@
+"""Per-photo time the loop spends outside the model.
+
+Real parts throughout: an exemplar bank (faiss) of synthetic photos embedded by a
+full-size open_clip architecture with random weights (same compute as the
+pretrained one; nothing downloaded), the shipped prompt files, the parser, the
+scorer with an aesthetic head. The VLM answers instantly, so what remains is the
+library's own time: photo loading, embedding, retrieval, exemplar photos, prompt
+rendering, payload encoding (server backend), parsing and scoring.
+
+    python benchmarks/loop_overhead.py --quick            # a few minutes on 2 CPU cores
+    python benchmarks/loop_overhead.py --backend server   # through the HTTP backend
+
+The last line printed is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+import cropper.loop
+import cropper.vlm.openai_server as server_backend
+from cropper import Cropper
+from cropper.head import random_head, save_head
+from cropper.testing.openai_server import OpenAICompatibleServer
+from cropper.testing.tiny_clip import build_random_clip
+from cropper.vlm.base import VLM
+from retrieval import ClipEmbedder, ExemplarIndex, read_jsonl
+
+TIMES: dict[str, float] = defaultdict(float)
+
+
+def timed(owner, name: str, key: str) -> None:
+    """Replace ``owner.name`` by a wrapper that adds its time to ``TIMES[key]``."""
+    inner = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            TIMES[key] += time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+
+
+class InstantVLM(VLM):
+    """Answers at once with ``n`` replies of valid random crops (the model's time is zero)."""
+
+    name = "instant"
+
+    def generate(self, conversations, sampling):
+        rng = random.Random(0)
+
+        def reply() -> str:
+            crops = []
+            for _ in range(sampling.n):
+                x0, y0 = rng.randint(0, 400), rng.randint(0, 400)
+                crops.append([x0, y0, x0 + rng.randint(300, 600), y0 + rng.randint(300, 600)])
+            return json.dumps({"crops": crops})
+
+        return [[reply() for _ in range(sampling.n)] for _ in conversations]
+
+
+def photo(seed: int, size=(1024, 768)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
+        r = int(rng.integers(20, 200))
+        draw.ellipse(
+            (x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 255, 3))
+        )
+    return image
+
+
+def build_bank(root: Path, clip: ClipEmbedder, count: int) -> Path:
+    lines = []
+    for i in range(count):
+        photo(1000 + i).save(root / f"ex{i}.jpg", quality=90)
+        lines.append(
+            {
+                "image": f"ex{i}.jpg",
+                "scores": [4.2, 3.9, 3.1, 2.5, 2.0, 1.5],
+                "crops": [[40 * k, 30 * k, 1024 - 30 * k, 768 - 20 * k] for k in range(6)],
+            }
+        )
+    (root / "bank.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    start = time.perf_counter()
+    ExemplarIndex.build(read_jsonl(root / "bank.jsonl"), clip, root / "bank", progress=False)
+    TIMES["bank_build_s"] = time.perf_counter() - start
+    return root / "bank"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer photos and a smaller bank")
+    parser.add_argument(
+        "--clip", default="ViT-B-32", help="open_clip architecture (random weights)"
+    )
+    parser.add_argument("--backend", choices=["instant", "server"], default="instant")
+    parser.add_argument("--photos", type=int, default=None)
+    parser.add_argument("--bank-size", type=int, default=None)
+    parser.add_argument("--task", default="free", choices=["free", "subject", "aspect"])
+    args = parser.parse_args()
+    n_photos = args.photos or (4 if args.quick else 12)
+    bank_size = args.bank_size or (40 if args.quick else 200)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        clip_spec = build_random_clip(root / "clip", args.clip)
+        clip = ClipEmbedder(clip_spec)
+        head = save_head(random_head(clip.dim, embedder=clip_spec), root / "head.safetensors")
+        bank = build_bank(root, clip, bank_size)
+        queries = []
+        for i in range(n_photos + 1):
+            path = root / f"q{i}.jpg"
+            photo(i).save(path, quality=90)
+            queries.append(path)
+
+        srv = OpenAICompatibleServer().start() if args.backend == "server" else None
+        vlm = server_backend.OpenAIServerVLM(srv.url) if srv else InstantVLM()
+        c = Cropper(vlm=vlm, clip=clip, head=head, index=bank)  # paper defaults: S=30, R=6, L=2
+        timed(vlm, "generate", "vlm_call")
+        timed(server_backend, "to_openai_messages", "payload_encoding")
+        timed(cropper.loop, "load_image", "photo_loading")
+        timed(clip, "embed", "clip_embedding")
+        timed(c.index, "search", "faiss_search")
+        timed(c._exemplars, "retrieve", "retrieval_with_exemplar_photos")
+        timed(c.prompts, "render", "prompt_rendering")
+        timed(cropper.loop, "parse_reply", "parsing")
+        timed(c.scorer, "score", "scoring")
+
+        kwargs = {"ratio": "4:5"} if args.task == "aspect" else {}
+        if args.task == "subject":
+            kwargs = {"subject": (0.5, 0.5)}
+        c.crop(queries[0], task=args.task, **kwargs)  # warm-up: exemplar photos enter the cache
+        warm = dict(TIMES)
+        TIMES.clear()
+        start = time.perf_counter()
+        for path in queries[1:]:
+            result = c.crop(path, task=args.task, **kwargs)
+        wall = (time.perf_counter() - start) / n_photos
+        if srv:
+            srv.stop()
+
+    per_photo = {k: round(v / n_photos, 5) for k, v in TIMES.items()}
+    vlm_calls = len(result.rounds)
+    # The library's own time: everything but the model call, plus the payload it builds.
+    overhead = wall - per_photo.get("vlm_call", 0.0) + per_photo.get("payload_encoding", 0.0)
+    report = {
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "backend": args.backend,
+        "clip": f"{args.clip} (random weights)",
+        "task": args.task,
+        "bank_size": bank_size,
+        "exemplars_S": c.config.exemplars,
+        "crops_R": c.config.crops,
+        "refine_rounds_L": c.config.refine_rounds,
+        "photos": n_photos,
+        "vlm_calls_per_photo": vlm_calls,
+        "wall_s_per_photo": round(wall, 4),
+        "overhead_s_per_photo": round(overhead, 4),
+        "overhead_ratio_at_1s_per_call": round(overhead / vlm_calls, 4),
+        "breakdown_s_per_photo": per_photo,
+        "first_photo_extra_s": {k: round(v, 3) for k, v in warm.items()},
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
