@@ -40,7 +40,8 @@ class CropConfig:
 
     exemplars: int = 30  # S: exemplars retrieved per query
     exemplar_crops: int = 5  # T: crops shown per exemplar (free-form: top by MOS)
-    crops: int = 6  # R: crops the VLM proposes per round
+    crops: int = 6  # R: crops the VLM proposes per round, all in one reply
+    samples: int = 1  # replies sampled per round (n); each proposes up to `crops` crops
     refine_rounds: int = 2  # L: refinement rounds after the first proposal
     temperature: float = 0.05
     max_tokens: int = 512  # per reply; enough for a dozen boxes as JSON
@@ -243,11 +244,13 @@ class Cropper:
     ) -> tuple[list[str], list[Box], list[str]]:
         """Ask for crops, retrying a round whose replies hold no valid box."""
         sampling = self._sampling(
-            cfg.crops, boxes_schema(cfg.crops, cfg.coords, query_size), cfg, cfg.temperature
+            cfg.samples, boxes_schema(cfg.crops, cfg.coords, query_size), cfg, cfg.temperature
         )
         replies: list[str] = []
         notes: list[str] = []
         for attempt in range(1 + cfg.retries):
+            if attempt and sampling.seed is not None:  # a retry with the same seed repeats itself
+                sampling = dataclasses.replace(sampling, seed=sampling.seed + attempt)
             new = self.vlm.generate([prompt], sampling)[0]
             replies.extend(new)
             parsed = [parse_reply(r, cfg.coords, query_size) for r in new]

@@ -60,7 +60,7 @@ def test_rounds_follow_the_paper_defaults(photo):
     assert [r.stage for r in result.rounds] == ["propose", "refine", "refine"]
     assert len(vlm.calls) == 3
     sampling = vlm.calls[0][1]
-    assert (sampling.n, sampling.temperature) == (6, 0.05)
+    assert (sampling.n, sampling.temperature) == (1, 0.05)
     assert sampling.json_schema["properties"]["crops"]["maxItems"] == 6
 
 
@@ -101,12 +101,13 @@ def test_a_garbage_round_is_retried_once(photo):
         [crops((100, 100, 800, 800))],
         [crops((100, 100, 700, 700))],
     ]
-    cropper, vlm = make(script, crops=1)
+    cropper, vlm = make(script, crops=1, seed=5)
     result = cropper.crop(photo, task="free")
     assert len(vlm.calls) == 4
     first = result.rounds[0]
     assert len(first.replies) == 2 and "no valid box" in first.notes[0]
     assert all(c.source == "vlm" for c in result.candidates)
+    assert [call[1].seed for call in vlm.calls[:2]] == [5, 6]  # a retry draws anew
 
 
 @pytest.mark.parametrize(
@@ -179,9 +180,11 @@ def test_ungroundable_subject_falls_back_to_the_centre(photo):
 
 
 def test_per_call_settings_override_the_defaults(photo):
-    cropper, vlm = make(lambda conv, s: [crops((100, 100, 900, 900))] * s.n)
-    result = cropper.crop(photo, task="free", refine_rounds=0, crops=3, coords="norm1")
-    assert len(result.rounds) == 1 and vlm.calls[0][1].n == 3
+    cropper, vlm = make(lambda conv, s: ['{"crops": [[0.1, 0.1, 0.9, 0.9]]}'] * s.n)
+    result = cropper.crop(photo, task="free", refine_rounds=0, crops=3, samples=2, coords="norm1")
+    assert len(result.rounds) == 1 and vlm.calls[0][1].n == 2
+    assert vlm.calls[0][1].json_schema["properties"]["crops"]["maxItems"] == 3
+    assert len(result.rounds[0].replies) == 2
     assert vlm.calls[0][1].json_schema["properties"]["crops"]["items"]["items"]["type"] == "number"
 
 
