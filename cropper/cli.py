@@ -126,6 +126,11 @@ def _output_paths(images: Sequence[str], out: str | None) -> list[Path | None]:
         paths = [target]
     else:
         paths = [target / Path(image).name for image in images]
+    if len({os.path.realpath(p) for p in paths}) < len(paths):
+        raise ConfigError(
+            f"several photos share a file name, so their crops would overwrite each other in "
+            f"{target}; crop them in separate runs"
+        )
     inputs = {os.path.realpath(i) for i in images}
     for path in paths:
         if os.path.realpath(path) in inputs:

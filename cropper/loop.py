@@ -185,7 +185,7 @@ class Cropper:
             rounds=tuple(trace),
             subject=subject_,
             ratio=ratio_,
-            source=_name(image) if isinstance(image, (str, Path)) else None,
+            source=_name(image) or None,
         )
 
     # -- steps -----------------------------------------------------------------

@@ -92,3 +92,13 @@ def test_unreachable_server_is_one_clear_line(photos, capsys):
 def test_bad_url_scheme_is_refused(photos, capsys):
     assert main(["crop", str(photos[0]), "--vlm", "ftp://example/v1"]) == 2
     assert "http:// or https://" in capsys.readouterr().err
+
+
+def test_photos_sharing_a_name_do_not_overwrite_each_other(server, photos, tmp_path, capsys):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    twin = other / photos[0].name
+    Image.new("RGB", (50, 50)).save(twin)
+    assert run(server, photos[0], twin, "-o", tmp_path / "out") == 2
+    assert "share a file name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
