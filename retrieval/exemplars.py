@@ -154,17 +154,19 @@ def read_jsonl(path: str | os.PathLike) -> list[Exemplar]:
         except _LineError as exc:
             problems.append(f"line {number}{exc.where}: {exc}")
     if problems:
-        report = (
-            f"{source}: skipped {len(problems)} of {total} lines: "
-            + "; ".join(problems[:_NAMED])
-            + (f"; and {len(problems) - _NAMED} more" if len(problems) > _NAMED else "")
-        )
+        report = f"{source}: skipped {len(problems)} of {total} lines: {first_few(problems)}"
         if not exemplars:
             raise ExemplarIndexError(f"{report}; no usable exemplar: fix the lines and retry")
         log.warning("%s", report)
     elif not exemplars:
         raise ExemplarIndexError(f"{source}: no exemplars (the file is empty)")
     return exemplars
+
+
+def first_few(problems: list[str], named: int = _NAMED) -> str:
+    """The first ``named`` problems, then how many more: one line for many failures."""
+    more = f"; and {len(problems) - named} more" if len(problems) > named else ""
+    return "; ".join(problems[:named]) + more
 
 
 class _LineError(ValueError):

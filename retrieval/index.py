@@ -37,7 +37,7 @@ from cropper.errors import (
 )
 from cropper.fileio import atomic_path, write_text
 from cropper.images import describe, load_image
-from retrieval.exemplars import Exemplar, Point
+from retrieval.exemplars import Exemplar, Point, first_few
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ EXEMPLARS_FILE = "exemplars.jsonl"
 MANIFEST_FILE = "manifest.json"
 
 _REBUILD = "rebuild it with ExemplarIndex.build(exemplars, embedder, folder)"
-#: How many unusable photos a build names before "and N more".
-_NAMED = 5
 
 
 def _faiss() -> Any:
@@ -293,11 +291,7 @@ def _embed_all(
                 kept.extend(batch_kept)
             bar.update(len(batch))
     if failed:
-        report = (
-            f"skipped {len(failed)} of {len(exemplars)} exemplar photos: "
-            + "; ".join(failed[:_NAMED])
-            + (f"; and {len(failed) - _NAMED} more" if len(failed) > _NAMED else "")
-        )
+        report = f"skipped {len(failed)} of {len(exemplars)} exemplar photos: {first_few(failed)}"
         if not kept:
             raise ExemplarIndexError(f"{report}; no photo could be embedded, so no bank was built")
         log.warning("%s", report)
