@@ -13,6 +13,8 @@ _EXPORTS = {
     "Embedder": "retrieval.embedder",
     "Exemplar": "retrieval.exemplars",
     "read_jsonl": "retrieval.exemplars",
+    "load_dataset": "retrieval.datasets",
+    "DATASETS": "retrieval.datasets",
     "ExemplarIndex": "retrieval.index",
     "Hit": "retrieval.index",
     "ExemplarCrop": "retrieval.selection",

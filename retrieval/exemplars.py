@@ -34,6 +34,14 @@ _QUARTER_TURNS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 #: How many problems a report names before "and N more".
 _NAMED = 5
+#: What reading a photo's header may raise when the file is not a usable photo.
+PHOTO_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Exemplar]:
         total += 1
         try:
             exemplars.append(_parse_line(line, source.parent))
-        except _LineError as exc:
+        except RecordError as exc:
             problems.append(f"line {number}{exc.where}: {exc}")
     if problems:
         report = f"{source}: skipped {len(problems)} of {total} lines: {first_few(problems)}"
@@ -169,8 +177,8 @@ def first_few(problems: list[str], named: int = _NAMED) -> str:
     return "; ".join(problems[:named]) + more
 
 
-class _LineError(ValueError):
-    """Why one JSONL line cannot be used; ``where`` names its photo when known."""
+class RecordError(ValueError):
+    """Why one record (a JSONL line, a sidecar) cannot be used; ``where`` names its photo."""
 
     def __init__(self, message: str, image: str | None = None):
         super().__init__(message)
@@ -181,18 +189,23 @@ def _parse_line(line: str, folder: Path) -> Exemplar:
     try:
         obj = json.loads(line)
     except ValueError as exc:
-        raise _LineError(f"not JSON ({exc})") from None
+        raise RecordError(f"not JSON ({exc})") from None
+    return parse_record(obj, folder)
+
+
+def parse_record(obj: Any, folder: Path) -> Exemplar:
+    """One record in the JSONL's object form, paths relative to ``folder``; else RecordError."""
     if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
-        raise _LineError('not an object with an "image" path')
+        raise RecordError('not an object with an "image" path')
     name = obj["image"]
     photo = Path(name).expanduser()
     photo = photo if photo.is_absolute() else folder / photo
     if not photo.is_file():
-        raise _LineError("no such photo", name)
+        raise RecordError("no such photo", name)
     try:
         size = photo_size(photo)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise _LineError(f"unreadable photo ({exc})", name) from None
+    except PHOTO_ERRORS as exc:
+        raise RecordError(f"unreadable photo ({exc})", name) from None
     try:
         crops = _pixel_boxes(obj.get("crops"), size)
         subject = _subject(obj.get("subject"), size)
@@ -207,7 +220,7 @@ def _parse_line(line: str, folder: Path) -> Exemplar:
             subjects=(subject,) * len(crops) if subject is not None else None,
         )
     except (ConfigError, TypeError, ValueError) as exc:
-        raise _LineError(str(exc), name) from None
+        raise RecordError(str(exc), name) from None
 
 
 def _pixel_boxes(values: Any, size: Size) -> tuple[Box, ...]:
