@@ -9,6 +9,10 @@ A model is named by one spec string, which is also its name in bank manifests:
 - ``"local-dir:/path"``: a folder holding the same, e.g. a downloaded copy.
 
 torch and open_clip are imported when an embedder is made, never at import time.
+
+Bank builds decode photos in worker processes: :attr:`ClipEmbedder.transform`
+(picklable, PIL image to tensor) runs there, :meth:`ClipEmbedder.embed_pixels`
+on the stacked batch here.
 """
 
 from __future__ import annotations
@@ -40,6 +44,18 @@ class Embedder(Protocol):
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``(N, dim)`` L2-normalized float32 embeddings."""
         ...
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """The model and pretrained tag of a spec: ``"ViT-L-14:openai"`` -> ``("ViT-L-14", "openai")``.
+
+    ``hf-hub:`` and ``local-dir:`` specs (and names without a tag) are their own model, no tag.
+    """
+    spec = spec.strip()
+    if spec.startswith((HF_HUB, LOCAL_DIR)):
+        return spec, None
+    model, sep, tag = spec.partition(":")
+    return (model.replace("/", "-"), tag) if sep and tag else (spec, None)
 
 
 def _imports() -> tuple[Any, Any]:
@@ -74,6 +90,7 @@ class ClipEmbedder:
         torch, open_clip = _imports()
         self._torch, self._open_clip = torch, open_clip
         self.name = spec.strip()
+        self.model_name, self.pretrained = split_spec(self.name)
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._model_name, kwargs = self._resolve(self.name)
@@ -171,6 +188,14 @@ class ClipEmbedder:
             "resize_mode": cfg.get("resize_mode"),
         }
 
+    @property
+    def transform(self) -> Any:
+        """PIL image -> ``(3, H, W)`` float tensor, the model's preprocessing; picklable.
+
+        Bank builds run it in worker processes, then hand the batch to :meth:`embed_pixels`.
+        """
+        return self._preprocess
+
     def __repr__(self) -> str:
         return f"ClipEmbedder({self.name!r}, dim={self.dim}, device={str(self.device)!r})"
 
@@ -201,11 +226,27 @@ class ClipEmbedder:
                 parts.append(_unit(self._model.encode_text(tokens)))
         return np.concatenate(parts, axis=0)
 
-    def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def embed_pixels(self, pixels: Any) -> np.ndarray:
+        """``(N, dim)`` unit float32 embeddings of a ``(N, 3, H, W)`` :attr:`transform` batch."""
         torch = self._torch
-        pixels = torch.stack([self._preprocess(_rgb(im)) for im in images]).to(self.device)
-        with torch.no_grad():
-            return _unit(self._model.encode_image(pixels))
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
+            raise ConfigError(
+                f"embed_pixels() takes an (N, 3, H, W) tensor made by .transform, got "
+                f"{getattr(pixels, 'shape', type(pixels).__name__)}"
+            )
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = []
+        for i in range(0, len(pixels), self.batch_size):
+            # non_blocking pays off when a DataLoader hands over pinned memory.
+            batch = pixels[i : i + self.batch_size].to(self.device, non_blocking=True)
+            with torch.no_grad():
+                parts.append(_unit(self._model.encode_image(batch)))
+        return np.concatenate(parts, axis=0)
+
+    def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = self._torch.stack([self._preprocess(_rgb(im)) for im in images])
+        return self.embed_pixels(pixels)
 
 
 def _rgb(image: Image.Image) -> Image.Image:

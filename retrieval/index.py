@@ -3,13 +3,17 @@
 A bank is a folder of three files, written atomically and checked against each
 other when loaded:
 
-- ``index.faiss``: faiss's own format, an exact inner-product index over
-  L2-normalized float32 vectors (so scores are cosine similarities);
+- ``index.faiss``: faiss's own format, an inner-product index over L2-normalized
+  float32 vectors (so scores are cosine similarities): exact (flat) by default,
+  HNSW for large banks (see :mod:`retrieval.ann`);
 - ``exemplars.jsonl``: one :class:`~retrieval.exemplars.Exemplar` a line, in the
   order of the vectors; photo paths absolute, or relative to the folder;
-- ``manifest.json``: format version, embedder name and dimension, count,
-  preprocessing, source dataset and split, creation time.
+- ``manifest.json``, written last: format version, embedder (spec, model,
+  pretrained tag, preprocessing), dimension, count, source dataset and split,
+  creation time, index kind and parameters, and for HNSW its recall@30 against
+  exact search.
 
+Embedding (batched, decoded in worker processes, resumable) is :mod:`retrieval.build`.
 faiss is imported when a bank is built or loaded, never at import time.
 """
 
@@ -19,7 +23,8 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,18 +41,40 @@ from cropper.errors import (
     MissingDependencyError,
 )
 from cropper.fileio import atomic_path, write_text
-from cropper.images import describe, load_image
-from retrieval.exemplars import Exemplar, Point, first_few
+from cropper.images import load_image
+from retrieval import ann
+from retrieval.build import DEFAULT_CHUNK_SIZE, PARTIAL_DIR, discard_partial, embed_exemplars
+from retrieval.embedder import split_spec
+from retrieval.exemplars import Exemplar, Point
 
 log = logging.getLogger(__name__)
 
-#: The newest bank layout this code reads and the one it writes.
-FORMAT_VERSION = 1
+#: The newest bank layout this code reads and the one it writes. 2 added HNSW
+#: banks, whose search settings live in the manifest: code reading only 1 would
+#: search them with faiss's defaults, so it must refuse them.
+FORMAT_VERSION = 2
 INDEX_FILE = "index.faiss"
 EXEMPLARS_FILE = "exemplars.jsonl"
 MANIFEST_FILE = "manifest.json"
+#: The S of recall@S measured for approximate (HNSW) banks: the loop retrieves 30.
+RECALL_AT = 30
+#: The faiss class each index kind loads as.
+_KIND_CLASSES = {"flat": "IndexFlat", "hnsw": "IndexHNSW"}
 
-_REBUILD = "rebuild it with ExemplarIndex.build(exemplars, embedder, folder)"
+
+def _rebuild(
+    folder: str | os.PathLike, manifest: dict[str, Any] | None = None, clip: str | None = None
+) -> str:
+    """How to rebuild a bank, filled in from its manifest where that is readable."""
+    known = manifest or {}
+    words = ["cropper index build", f"--dataset {known.get('dataset') or '...'}", "--root ..."]
+    if isinstance(known.get("split"), str):
+        words.append(f"--split {shlex.quote(known['split'])}")
+    clip = clip or (known.get("embedder") if isinstance(known.get("embedder"), str) else None)
+    if clip:
+        words.append(f"--clip {shlex.quote(clip)}")
+    words.append(f"--out {shlex.quote(str(folder))}")
+    return f"rebuild it with `{' '.join(words)}`"
 
 
 def _faiss() -> Any:
@@ -125,42 +152,72 @@ class ExemplarIndex:
         out: str | os.PathLike,
         *,
         batch_size: int = 32,
+        num_workers: int | None = None,
+        index_type: str = "auto",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         dataset: str = "jsonl",
         split: str | None = None,
         progress: bool = True,
     ) -> ExemplarIndex:
         """Embed each exemplar's photo and write the bank to the folder ``out``.
 
-        Photos that cannot be loaded are skipped and reported in one warning.
-        An existing bank in ``out`` is replaced only once every embedding is made.
+        Photos are decoded in ``num_workers`` processes (default up to 4; 0 decodes
+        here) when the embedder has a ``transform``; see :mod:`retrieval.build`.
+        A stopped build resumes when run again with the same inputs and ``out``.
+        ``index_type`` is ``"flat"`` (exact), ``"hnsw"`` or ``"auto"`` (HNSW above
+        :data:`retrieval.ann.HNSW_THRESHOLD` vectors); an HNSW bank's recall@30
+        against exact search is measured and kept in ``manifest["recall_at_30"]``.
+        Unreadable photos are skipped and reported in one warning. An existing bank
+        in ``out`` is replaced only once every embedding is made.
         """
-        faiss = _faiss()
         exemplars = list(exemplars)
         if not exemplars:
             raise ExemplarIndexError(f"no exemplars to build {out} from; give at least one")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        ann.choose_kind(len(exemplars), index_type)  # a bad choice fails before the long part
         name, dim = str(embedder.name), int(embedder.dim)
-        kept, vectors = _embed_all(exemplars, embedder, batch_size, progress)
-        matrix = _unit_rows(np.concatenate(vectors, axis=0), dim, name)
-        index = faiss.IndexFlatIP(dim)
-        index.add(matrix)
-        manifest = {
+        embedded = embed_exemplars(
+            exemplars,
+            embedder,
+            out,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+        kept, vectors = embedded.exemplars, embedded.vectors
+        index, params = ann.build_vector_index(vectors, index_type)
+        model, pretrained = split_spec(name)
+        manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "embedder": name,
+            "model": getattr(embedder, "model_name", model),
+            "pretrained": getattr(embedder, "pretrained", pretrained),
+            "preprocess": getattr(embedder, "preprocess_info", None),
             "dim": dim,
             "count": len(kept),
-            "preprocess": getattr(embedder, "preprocess_info", None),
             "dataset": dataset,
             "split": split,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "index": params,
         }
+        if params.get("kind") != "flat":
+            recall = ann.recall_at_k(index, vectors, k=min(RECALL_AT, len(kept)))
+            manifest[f"recall_at_{RECALL_AT}"] = round(float(recall), 4)
         folder = Path(out)
         try:
             _write(folder, index, kept, manifest)
         except OSError as exc:
             raise ExemplarIndexError(f"cannot write the exemplar bank to {folder}: {exc}") from None
-        log.info("built exemplar bank %s: %d exemplars, %s", folder, len(kept), name)
+        discard_partial(folder)  # only now: until the manifest is in, a rerun resumes
+        recall = manifest.get(f"recall_at_{RECALL_AT}")
+        log.info(
+            "built exemplar bank %s: %d exemplars, %s, %s index%s",
+            folder,
+            len(kept),
+            name,
+            params.get("kind"),
+            f", recall@{RECALL_AT} {recall}" if recall is not None else "",
+        )
         return cls(index, kept, manifest, folder=folder, embedder=embedder)
 
     # -- load ------------------------------------------------------------------
@@ -169,38 +226,58 @@ class ExemplarIndex:
         """Open a bank folder, checking its files against each other and against ``embedder``."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise ExemplarIndexError(f"{folder}: no exemplar bank there; build one ({_REBUILD})")
+            raise ExemplarIndexError(
+                f"{folder}: no exemplar bank there; build one with "
+                f"`cropper index build --dataset ... --root ... --out {shlex.quote(str(folder))}`"
+            )
         missing = [
             f for f in (INDEX_FILE, EXEMPLARS_FILE, MANIFEST_FILE) if not (folder / f).is_file()
         ]
+        if missing and (folder / PARTIAL_DIR).is_dir():
+            raise ExemplarIndexError(
+                f"{folder}: a build of this bank was stopped before it finished; run the same "
+                "`cropper index build` (or ExemplarIndex.build) again to resume it"
+            )
         if missing:
             raise ExemplarIndexError(
-                f"{folder}: exemplar bank is incomplete (no {', '.join(missing)}); {_REBUILD}"
+                f"{folder}: exemplar bank is incomplete (no {', '.join(missing)}); "
+                f"{_rebuild(folder)}"
             )
         manifest = _read_manifest(folder)
+        rebuild = _rebuild(folder, manifest)
         dim, count = manifest["dim"], manifest["count"]
+        # First: the commonest mistake, and cheap to spot before reading a large index.
+        if embedder is not None and (embedder.name != manifest["embedder"] or embedder.dim != dim):
+            raise ExemplarIndexError(
+                f"{folder} was built with embedder {manifest['embedder']!r} ({dim}-d), not "
+                f"{embedder.name!r} ({embedder.dim}-d): use that embedder, or "
+                f"{_rebuild(folder, manifest, clip=str(embedder.name))}"
+            )
+        faiss = _faiss()
         try:
-            index = _faiss().read_index(str(folder / INDEX_FILE))
+            index = faiss.read_index(str(folder / INDEX_FILE))
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "unreadable"
             raise ExemplarIndexError(
-                f"{folder / INDEX_FILE}: corrupt or truncated faiss index ({reason}); {_REBUILD}"
+                f"{folder / INDEX_FILE}: corrupt or truncated faiss index ({reason}); {rebuild}"
             ) from None
         if index.ntotal != count or index.d != dim:
             raise ExemplarIndexError(
                 f"{folder / INDEX_FILE} holds {index.ntotal} vectors of {index.d} dims but the "
-                f"manifest says {count} of {dim}; {_REBUILD}"
+                f"manifest says {count} of {dim}; {rebuild}"
             )
-        exemplars = _read_exemplars(folder)
+        params = _index_params(folder, manifest, index, faiss)
+        try:
+            ann.configure_for_search(index, params)
+        except (CropperError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise ExemplarIndexError(
+                f"{folder / MANIFEST_FILE}: bad index settings {params} ({exc}); {rebuild}"
+            ) from None
+        exemplars = _read_exemplars(folder, rebuild)
         if len(exemplars) != count:
             raise ExemplarIndexError(
                 f"{folder / EXEMPLARS_FILE} has {len(exemplars)} exemplars but the manifest says "
-                f"{count}; {_REBUILD}"
-            )
-        if embedder is not None and (embedder.name != manifest["embedder"] or embedder.dim != dim):
-            raise ExemplarIndexError(
-                f"{folder} was built with embedder {manifest['embedder']!r} ({dim}-d), not "
-                f"{embedder.name!r} ({embedder.dim}-d): use that embedder, or {_REBUILD}"
+                f"{count}; {rebuild}"
             )
         return cls(index, exemplars, manifest, folder=folder, embedder=embedder)
 
@@ -235,10 +312,10 @@ class ExemplarIndex:
 
     def _embed_query(self, query: Any) -> np.ndarray:
         if self.embedder is None:
-            raise ConfigError(
-                f"searching by photo ({describe(query)}) needs an embedder: pass "
-                "embedder= to ExemplarIndex.load, or search by embedding"
-            )
+            # Loaded without one: the bank's own embedder, built on the first photo query.
+            from retrieval.embedder import ClipEmbedder
+
+            self.embedder = ClipEmbedder(self.embedder_name)
         image = query if isinstance(query, Image.Image) else load_image(query)
         return np.asarray(self.embedder.embed([image]), dtype=np.float32)
 
@@ -247,62 +324,7 @@ class ExemplarIndex:
         return Hit(ex.image, ex.size, ex.crops, ex.scores, ex.subjects, similarity, row)
 
 
-# -- building ----------------------------------------------------------------------
-
-
-def _batches(items: list[Exemplar], size: int) -> Iterator[list[Exemplar]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _embed_all(
-    exemplars: list[Exemplar], embedder: Any, batch_size: int, progress: bool
-) -> tuple[list[Exemplar], list[np.ndarray]]:
-    """Embeddings of the photos that load, with their exemplars; reports those that do not."""
-    from tqdm.auto import tqdm
-
-    kept: list[Exemplar] = []
-    vectors: list[np.ndarray] = []
-    failed: list[str] = []
-    # disable=None turns the bar off when not writing to a terminal.
-    bar = tqdm(
-        total=len(exemplars),
-        desc="embedding exemplars",
-        unit="photo",
-        disable=None if progress else True,
-    )
-    with bar:
-        for batch in _batches(exemplars, batch_size):
-            images, batch_kept = [], []
-            for ex in batch:
-                try:
-                    images.append(load_image(ex.image))
-                    batch_kept.append(ex)
-                except CropperError as exc:
-                    failed.append(str(exc))
-            if images:
-                out = np.asarray(embedder.embed(images), dtype=np.float32)
-                if out.shape != (len(images), int(embedder.dim)):
-                    raise ExemplarIndexError(
-                        f"embedder {embedder.name!r} returned shape {out.shape} for "
-                        f"{len(images)} photos, expected ({len(images)}, {embedder.dim})"
-                    )
-                vectors.append(out)
-                kept.extend(batch_kept)
-            bar.update(len(batch))
-    if failed:
-        report = f"skipped {len(failed)} of {len(exemplars)} exemplar photos: {first_few(failed)}"
-        if not kept:
-            raise ExemplarIndexError(f"{report}; no photo could be embedded, so no bank was built")
-        log.warning("%s", report)
-    return kept, vectors
-
-
-def _unit_rows(matrix: np.ndarray, dim: int, name: str) -> np.ndarray:
-    if not np.isfinite(matrix).all():
-        raise ExemplarIndexError(f"embedder {name!r} returned NaN or infinite values")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.ascontiguousarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
+# -- writing -----------------------------------------------------------------------
 
 
 def _stored_path(image: str, folder: Path) -> str:
@@ -343,30 +365,49 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ExemplarIndexError(
-            f"{path}: not a readable JSON manifest ({exc}); {_REBUILD}"
+            f"{path}: not a readable JSON manifest ({exc}); {_rebuild(folder)}"
         ) from None
     if not isinstance(manifest, dict):
-        raise ExemplarIndexError(f"{path}: the manifest is not a JSON object; {_REBUILD}")
+        raise ExemplarIndexError(f"{path}: the manifest is not a JSON object; {_rebuild(folder)}")
+    rebuild = _rebuild(folder, manifest)
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ExemplarIndexError(f"{path}: no valid format_version; {_REBUILD}")
+        raise ExemplarIndexError(f"{path}: no valid format_version; {rebuild}")
     if version > FORMAT_VERSION:
         raise ExemplarIndexError(
             f"{path}: bank format {version} is newer than this cropper reads ({FORMAT_VERSION}); "
-            f"upgrade cropper, or {_REBUILD}"
+            f"upgrade cropper, or {rebuild}"
         )
     for key, kind in (("embedder", str), ("dim", int), ("count", int)):
         if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-            raise ExemplarIndexError(f"{path}: missing or bad {key!r}; {_REBUILD}")
+            raise ExemplarIndexError(f"{path}: missing or bad {key!r}; {rebuild}")
     return manifest
 
 
-def _read_exemplars(folder: Path) -> list[Exemplar]:
+def _index_params(folder: Path, manifest: dict[str, Any], index: Any, faiss: Any) -> dict[str, Any]:
+    """The manifest's index settings, checked against the index file (format 1 banks: flat)."""
+    params = manifest.get("index", {"kind": "flat"} if manifest["format_version"] < 2 else None)
+    kind = params.get("kind") if isinstance(params, dict) else None
+    if kind not in _KIND_CLASSES:
+        raise ExemplarIndexError(
+            f"{folder / MANIFEST_FILE}: missing or unknown index kind {kind!r} (expected "
+            f"{' or '.join(_KIND_CLASSES)}); {_rebuild(folder, manifest)}"
+        )
+    expected = getattr(faiss, _KIND_CLASSES[kind])
+    if not isinstance(index, expected) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ExemplarIndexError(
+            f"{folder / INDEX_FILE} is a {type(index).__name__}, not the inner-product {kind} "
+            f"index the manifest names; {_rebuild(folder, manifest)}"
+        )
+    return params
+
+
+def _read_exemplars(folder: Path, rebuild: str) -> list[Exemplar]:
     path = folder / EXEMPLARS_FILE
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ExemplarIndexError(f"{path}: unreadable ({exc}); {_REBUILD}") from None
+        raise ExemplarIndexError(f"{path}: unreadable ({exc}); {rebuild}") from None
     exemplars = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -375,7 +416,7 @@ def _read_exemplars(folder: Path) -> list[Exemplar]:
             ex = Exemplar.from_json(json.loads(line))
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             raise ExemplarIndexError(
-                f"{path}, line {number}: bad exemplar ({exc}); {_REBUILD}"
+                f"{path}, line {number}: bad exemplar ({exc}); {rebuild}"
             ) from None
         if not Path(ex.image).is_absolute():
             ex = Exemplar(

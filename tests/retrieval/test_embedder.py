@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cropper.errors import ConfigError, WeightsNotFoundError
-from retrieval.embedder import ClipEmbedder, Embedder
+from retrieval.embedder import ClipEmbedder, Embedder, split_spec
 
 
 def _photos() -> list[Image.Image]:
@@ -115,3 +115,35 @@ def test_local_dir_without_weights_is_refused(tmp_path: Path) -> None:
     (tmp_path / "open_clip_config.json").write_text(json.dumps(tiny_clip_config()))
     with pytest.raises(WeightsNotFoundError, match="weights"):
         ClipEmbedder(f"local-dir:{tmp_path}")
+
+
+@pytest.mark.parametrize(
+    ("spec", "parts"),
+    [
+        ("ViT-L-14:openai", ("ViT-L-14", "openai")),
+        ("ViT-L/14:openai", ("ViT-L-14", "openai")),
+        (" ViT-B-32:laion2b_s34b_b79k ", ("ViT-B-32", "laion2b_s34b_b79k")),
+        ("ViT-B-32:/weights/clip.safetensors", ("ViT-B-32", "/weights/clip.safetensors")),
+        ("hf-hub:timm/ViT-B-16-SigLIP", ("hf-hub:timm/ViT-B-16-SigLIP", None)),
+        ("local-dir:/models/clip", ("local-dir:/models/clip", None)),
+        ("ViT-B-32", ("ViT-B-32", None)),
+        ("toy-2x2", ("toy-2x2", None)),
+    ],
+)
+def test_split_spec(spec: str, parts: tuple) -> None:
+    assert split_spec(spec) == parts
+
+
+@pytest.mark.slow
+def test_transform_then_embed_pixels_equals_embed(tiny_clip: str) -> None:
+    import torch
+
+    embedder = ClipEmbedder(tiny_clip, batch_size=2)
+    assert (embedder.model_name, embedder.pretrained) == (tiny_clip, None)
+    photos = [p.convert("RGB") for p in _photos()]
+    pixels = torch.stack([embedder.transform(p) for p in photos])
+    assert pixels.shape == (5, 3, 32, 32)
+    np.testing.assert_allclose(embedder.embed_pixels(pixels), embedder.embed(photos), atol=1e-6)
+    assert embedder.embed_pixels(pixels[:0]).shape == (0, 32)
+    with pytest.raises(ConfigError, match=r"\(N, 3, H, W\)"):
+        embedder.embed_pixels(pixels[0])

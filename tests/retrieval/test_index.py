@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cropper.boxes import Box
 from cropper.errors import ConfigError, ExemplarIndexError
-from retrieval.exemplars import read_jsonl
-from retrieval.index import ExemplarIndex, Hit
+from retrieval.exemplars import Exemplar, read_jsonl
+from retrieval.index import FORMAT_VERSION, ExemplarIndex, Hit
 
 
 class ToyEmbedder:
@@ -89,8 +91,11 @@ def test_build_save_load_search_with_tiny_clip(
     ]
     manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
     assert manifest["embedder"] == tiny_clip and manifest["dim"] == 32 and manifest["count"] == 5
-    assert manifest["format_version"] == 1 and manifest["split"] == "train"
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["split"] == "train"
+    assert manifest["model"] == tiny_clip and manifest["pretrained"] is None
     assert manifest["preprocess"]["image_size"] == [32, 32]
+    assert manifest["index"] == {"kind": "flat"} and "recall_at_30" not in manifest
+    assert built.manifest == manifest
 
     bank = ExemplarIndex.load(tmp_path / "bank", embedder=embedder)
     assert len(bank) == 5 and bank.dim == 32 and bank.embedder_name == tiny_clip
@@ -125,7 +130,8 @@ def test_search_by_embedding_needs_no_embedder(toy_bank: Path) -> None:
     bank = ExemplarIndex.load(toy_bank)
     vector = ToyEmbedder().embed([_pattern(0)])[0]
     assert bank.search(vector, k=1)[0].index == 0
-    with pytest.raises(ConfigError, match="needs an embedder"):
+    # By photo, it builds the bank's own embedder; a toy's name is no open_clip model.
+    with pytest.raises(ConfigError, match="open_clip"):
         bank.search(_pattern(0))
     with pytest.raises(ConfigError, match=r"\(N, 12\)"):
         bank.search(np.ones(5))
@@ -217,11 +223,22 @@ def _drop_last_exemplar(bank: Path) -> None:
         (lambda b: (b / "exemplars.jsonl").unlink(), None, "incomplete \\(no exemplars.jsonl\\)"),
         (lambda b: (b / "manifest.json").unlink(), None, "incomplete \\(no manifest.json\\)"),
         (lambda b: (b / "manifest.json").write_text("{oops"), None, "not a readable JSON"),
-        (_edit_manifest(format_version=2), None, "format 2 is newer"),
+        (
+            _edit_manifest(format_version=FORMAT_VERSION + 1),
+            None,
+            f"format {FORMAT_VERSION + 1} is newer",
+        ),
         (_edit_manifest(format_version="1"), None, "no valid format_version"),
         (_edit_manifest(dim=13), None, "manifest says 5 of 13"),
         (_edit_manifest(count=6), None, "manifest says 6 of 12"),
         (_edit_manifest(embedder=None), None, "bad 'embedder'"),
+        (
+            _edit_manifest(index={"kind": "hnsw", "ef_search": 64}),
+            None,
+            "not the inner-product hnsw",
+        ),
+        (_edit_manifest(index={"kind": "ivf"}), None, "unknown index kind 'ivf'"),
+        (_edit_manifest(index=None), None, "unknown index kind None"),
         (_drop_last_exemplar, None, "has 4 exemplars but the manifest says 5"),
         (lambda b: (b / "exemplars.jsonl").write_text("{}\n" * 5), None, "line 1: bad exemplar"),
         (_edit_manifest(embedder="ViT-B-32:openai"), ToyEmbedder(), "built with embedder"),
@@ -235,11 +252,82 @@ def test_damaged_or_mismatched_banks_are_refused_with_how_to_rebuild(
     damage(toy_bank)
     with pytest.raises(ExemplarIndexError, match=words) as info:
         ExemplarIndex.load(toy_bank, embedder=embedder)
-    assert "rebuild" in str(info.value) and "\n" not in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "rebuild it with `cropper index build --dataset " in message
+    assert f"--out {toy_bank}`" in message
+
+
+def test_rebuild_hint_fills_in_what_the_manifest_knows(photo_jsonl: Path, tmp_path: Path) -> None:
+    ExemplarIndex.build(
+        read_jsonl(photo_jsonl),
+        ToyEmbedder(),
+        tmp_path / "bank",
+        dataset="gaicd",
+        split="train",
+        progress=False,
+    )
+    (tmp_path / "bank" / "exemplars.jsonl").write_text("")
+    with pytest.raises(ExemplarIndexError) as info:
+        ExemplarIndex.load(tmp_path / "bank", embedder=ToyEmbedder())
+    assert (
+        "cropper index build --dataset gaicd --root ... --split train --clip toy-2x2 "
+        f"--out {tmp_path / 'bank'}`"
+    ) in str(info.value)
+    # Against another embedder, the hint rebuilds with the one in use.
+    with pytest.raises(ExemplarIndexError, match="--clip other --out"):
+        ExemplarIndex.load(tmp_path / "bank", embedder=ToyEmbedder(name="other"))
+
+
+def test_hnsw_bank_records_its_settings_and_recall(photo_jsonl: Path, tmp_path: Path) -> None:
+    exemplars = read_jsonl(photo_jsonl)
+    built = ExemplarIndex.build(
+        exemplars, ToyEmbedder(), tmp_path / "bank", index_type="hnsw", progress=False
+    )
+    manifest = built.manifest
+    assert manifest["index"]["kind"] == "hnsw" and manifest["index"]["ef_search"] >= 30
+    assert manifest["recall_at_30"] == 1.0  # 5 vectors: the graph finds them all
+    # The manifest's search setting is the one used, and search finds the same photos.
+    _edit_manifest(index={**manifest["index"], "ef_search": 40})(tmp_path / "bank")
+    bank = ExemplarIndex.load(tmp_path / "bank", embedder=ToyEmbedder())
+    assert bank._index.hnsw.efSearch == 40
+    assert [bank.search(_pattern(i), k=1)[0].index for i in range(5)] == [0, 1, 2, 3, 4]
+    _edit_manifest(index={**manifest["index"], "ef_search": 0})(tmp_path / "bank")
+    with pytest.raises(ExemplarIndexError, match="bad index settings.*ef_search.*rebuild it"):
+        ExemplarIndex.load(tmp_path / "bank")
+
+
+def test_format_1_banks_still_load_as_exact(toy_bank: Path) -> None:
+    manifest = json.loads((toy_bank / "manifest.json").read_text())
+    del manifest["index"]
+    (toy_bank / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    assert ExemplarIndex.load(toy_bank).search(ToyEmbedder().embed([_pattern(2)])[0])[0].index == 2
+    # From format 2 on, the index kind must be named.
+    (toy_bank / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(ExemplarIndexError, match="unknown index kind"):
+        ExemplarIndex.load(toy_bank)
+
+
+def test_manifest_names_the_model_and_its_pretrained_tag(toy_bank: Path, tmp_path: Path) -> None:
+    exemplars = ExemplarIndex.load(toy_bank).exemplars
+    bank = ExemplarIndex.build(
+        exemplars, ToyEmbedder(name="ViT-B-32:laion2b_s34b_b79k"), tmp_path / "b", progress=False
+    )
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest == bank.manifest
+    assert (manifest["embedder"], manifest["model"], manifest["pretrained"]) == (
+        "ViT-B-32:laion2b_s34b_b79k",
+        "ViT-B-32",
+        "laion2b_s34b_b79k",
+    )
+    assert manifest["dataset"] == "jsonl" and manifest["split"] is None
+    created = datetime.fromisoformat(manifest["created"])
+    assert created.utcoffset() == timedelta(0)
+    assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=5)
 
 
 def test_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(ExemplarIndexError, match="no exemplar bank there.*build"):
+    with pytest.raises(ExemplarIndexError, match="no exemplar bank there.*cropper index build"):
         ExemplarIndex.load(tmp_path / "nope")
 
 
@@ -248,3 +336,19 @@ def test_manifest_property_is_a_copy(toy_bank: Path) -> None:
     bank.manifest["count"] = 99
     assert bank.manifest["count"] == 5 and bank.manifest["dataset"] == "jsonl"
     assert bank.manifest["preprocess"] is None  # the toy embedder has no preprocessing to record
+
+
+@pytest.mark.slow
+def test_a_bank_loaded_alone_searches_by_photo_with_its_own_embedder(tmp_path, tiny_clip) -> None:
+    from retrieval.embedder import ClipEmbedder
+
+    photos = []
+    for i in range(3):
+        path = tmp_path / f"p{i}.png"
+        _pattern(i).save(path)
+        photos.append(Exemplar(str(path), _pattern(i).size, (Box.whole(),)))
+    ExemplarIndex.build(photos, ClipEmbedder(tiny_clip), tmp_path / "bank", progress=False)
+    bank = ExemplarIndex.load(tmp_path / "bank")
+    hits = bank.search(str(tmp_path / "p2.png"), k=3)
+    assert hits[0].image.endswith("p2.png") and hits[0].similarity == pytest.approx(1.0, abs=1e-4)
+    assert bank.embedder.name == tiny_clip
