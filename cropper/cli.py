@@ -1,4 +1,4 @@
-"""The command line: ``cropper crop IMAGE... [options]``."""
+"""The command line: ``cropper crop IMAGE...`` and ``cropper index build|info``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="one JSON object a line: image, task, box (pixels), score",
     )
     crop.set_defaults(run=run_crop)
+
+    from retrieval.commands import add_index_commands
+
+    add_index_commands(commands)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""``cropper index build`` and ``cropper index info``: exemplar banks from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from cropper.defaults import DEFAULT_CLIP
+
+
+def add_index_commands(commands: Any) -> None:
+    """Register ``index build`` and ``index info`` under the main parser's subcommands."""
+    index = commands.add_parser(
+        "index",
+        help="build and inspect exemplar banks",
+        description="Build and inspect exemplar banks.",
+    )
+    actions = index.add_subparsers(dest="index_command", required=True)
+
+    build = actions.add_parser(
+        "build",
+        help="build a bank from a dataset or your own crops",
+        description="Embed a dataset's photos and save them, with their crops, as a bank.",
+    )
+    build.add_argument(
+        "--dataset",
+        required=True,
+        help="gaicd, fcdb, sacd, jsonl (a file of your crops) or folder "
+        "(photos with a sidecar JSON each)",
+    )
+    build.add_argument("--root", required=True, help="the dataset's folder (or the .jsonl file)")
+    build.add_argument("--split", help="train, test, ... (default: all)")
+    build.add_argument("--images", help="where the photos are, if not under --root")
+    build.add_argument("--out", required=True, help="the bank folder to write")
+    build.add_argument(
+        "--clip",
+        default=DEFAULT_CLIP,
+        help=f"open_clip model (default {DEFAULT_CLIP}), hf-hub: or local-dir:",
+    )
+    build.add_argument(
+        "--index-type",
+        choices=["auto", "flat", "hnsw"],
+        default="auto",
+        help="exact search, HNSW, or auto: HNSW for large banks",
+    )
+    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument(
+        "--workers", type=int, default=None, help="processes that decode photos (default: up to 4)"
+    )
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.set_defaults(run=run_build)
+
+    info = actions.add_parser("info", help="print a bank's manifest as JSON")
+    info.add_argument("bank", help="the bank folder")
+    info.set_defaults(run=run_info)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from retrieval.datasets import load_dataset
+    from retrieval.embedder import ClipEmbedder
+    from retrieval.index import ExemplarIndex
+
+    exemplars = load_dataset(args.dataset, args.root, args.split, images=args.images)
+    embedder = ClipEmbedder(args.clip, batch_size=args.batch_size)
+    start = time.perf_counter()
+    options: dict[str, Any] = {"index_type": args.index_type}
+    if args.workers is not None:
+        options["num_workers"] = args.workers
+    bank = ExemplarIndex.build(
+        exemplars,
+        embedder,
+        args.out,
+        batch_size=args.batch_size,
+        dataset=args.dataset,
+        split=args.split,
+        progress=not args.no_progress,
+        **options,
+    )
+    seconds = time.perf_counter() - start
+    summary = {
+        "bank": str(args.out),
+        "count": len(bank),
+        "skipped": len(exemplars) - len(bank),
+        "seconds": round(seconds, 2),
+        "photos_per_s": round(len(bank) / seconds, 2) if seconds > 0 else None,
+        **{k: v for k, v in bank.manifest.items() if k.startswith(("index", "recall"))},
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from retrieval.index import ExemplarIndex
+
+    bank = ExemplarIndex.load(args.bank)  # checks the files agree before printing
+    print(json.dumps(bank.manifest, indent=2))
+    return 0
