@@ -137,10 +137,10 @@ def recall_at_k(
     k = min(k, len(matrix))
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(matrix), size=min(n_queries, len(matrix)), replace=False)
-    queries = matrix[rows] + rng.standard_normal((len(rows), matrix.shape[1]), dtype=np.float32) * (
-        0.5 / np.sqrt(matrix.shape[1])  # noise of norm ~0.5: cosine ~0.9 to its row
-    )
-    queries = _unit_matrix(queries)
+    dim = matrix.shape[1]
+    # Noise of norm ~0.5: each query has a cosine of ~0.9 to its row, like a similar photo.
+    noise = rng.standard_normal((len(rows), dim), dtype=np.float32) * (0.5 / np.sqrt(dim))
+    queries = _unit_matrix(matrix[rows] + noise)
     _, exact = faiss.knn(queries, matrix, k, faiss.METRIC_INNER_PRODUCT)
     _, found = index.search(queries, k)
     hits = [
