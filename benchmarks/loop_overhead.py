@@ -25,14 +25,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
 import cropper.loop
 import cropper.vlm.openai_server as server_backend
 from cropper import Cropper
 from cropper.head import random_head, save_head
 from cropper.testing.openai_server import OpenAICompatibleServer
+from cropper.testing.synthetic import synthetic_photo
 from cropper.testing.tiny_clip import build_random_clip
 from cropper.vlm.base import VLM
 from retrieval import ClipEmbedder, ExemplarIndex, read_jsonl
@@ -72,23 +70,10 @@ class InstantVLM(VLM):
         return [[reply() for _ in range(sampling.n)] for _ in conversations]
 
 
-def photo(seed: int, size=(1024, 768)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 255, 3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(12):
-        x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
-        r = int(rng.integers(20, 200))
-        draw.ellipse(
-            (x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 255, 3))
-        )
-    return image
-
-
 def build_bank(root: Path, clip: ClipEmbedder, count: int) -> Path:
     lines = []
     for i in range(count):
-        photo(1000 + i).save(root / f"ex{i}.jpg", quality=90)
+        synthetic_photo(1000 + i).save(root / f"ex{i}.jpg", quality=90)
         lines.append(
             {
                 "image": f"ex{i}.jpg",
@@ -126,7 +111,7 @@ def main() -> None:
         queries = []
         for i in range(n_photos + 1):
             path = root / f"q{i}.jpg"
-            photo(i).save(path, quality=90)
+            synthetic_photo(i).save(path, quality=90)
             queries.append(path)
 
         srv = OpenAICompatibleServer().start() if args.backend == "server" else None
