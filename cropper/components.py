@@ -66,8 +66,8 @@ def make_embedder(clip: Any, index: Any = None) -> Any:
     if clip is None or (isinstance(clip, str) and not clip.strip()):
         return None
     if clip is DEFAULT:
-        clip = defaults.from_env(
-            defaults.ENV_CLIP, index_embedder_name(index) or defaults.DEFAULT_CLIP
+        clip = index_embedder_name(index) or defaults.from_env(
+            defaults.ENV_CLIP, defaults.DEFAULT_CLIP
         )
     if not isinstance(clip, str):
         return clip  # a ready embedder: anything with name, dim and embed()
@@ -100,9 +100,12 @@ def make_head(head: Any, embedder: Any) -> Any:
         return None
 
 
+def index_spec(index: Any) -> Any:
+    """The bank an ``index=`` argument names: ``$CROPPER_INDEX`` for the default."""
+    return defaults.from_env(defaults.ENV_INDEX, None) if index is DEFAULT else index
+
+
 def make_index(index: Any, embedder: Any) -> Any:
-    if index is DEFAULT:
-        index = defaults.from_env(defaults.ENV_INDEX, None)
     if index is None or not isinstance(index, (str, Path)):
         return index
     from retrieval.index import ExemplarIndex

@@ -99,6 +99,7 @@ class Cropper:
     ):
         self.config = (config or CropConfig()).replace(**settings)
         vlm = components.vlm_spec(vlm)  # a malformed spec fails before the models load
+        index = components.index_spec(index)
         self.prompts = prompts if isinstance(prompts, PromptSet) else PromptSet(prompts)
         self.embedder = components.make_embedder(clip, index)
         self.index = components.make_index(index, self.embedder)

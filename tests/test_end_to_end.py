@@ -134,3 +134,13 @@ def test_offline_defaults_name_what_to_fetch(monkeypatch, tmp_path):
     with pytest.raises(WeightsNotFoundError, match="Qwen/Qwen3-VL-8B-Instruct") as info:
         Cropper(clip=None, head=None)  # the default VLM
     assert "download" in str(info.value)
+
+
+def test_the_bank_in_the_environment_brings_its_own_clip(
+    monkeypatch, bank, tiny_clip, tiny_qwen3_vl
+):
+    monkeypatch.setenv("CROPPER_INDEX", str(bank))
+    monkeypatch.setenv("CROPPER_CLIP", "ViT-B-32:not-this-one")  # the bank's embedder wins
+    cropper = Cropper(vlm=str(tiny_qwen3_vl), head=None)
+    assert cropper.embedder.name == tiny_clip
+    assert len(cropper.index) == 5
