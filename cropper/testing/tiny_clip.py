@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from cropper.errors import ConfigError
 from cropper.fileio import atomic_path, write_text
 
 #: CLIP's (OpenAI) image normalization, as real checkpoints record it.
@@ -70,7 +71,7 @@ def build_random_clip(
 
     model_cfg = open_clip.get_model_config(model_name)
     if model_cfg is None:
-        raise ValueError(f"unknown open_clip model {model_name!r}")
+        raise ConfigError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
     config = tiny_clip_config()
     config["model_cfg"] = model_cfg
     return _write_clip(out_dir, config, seed)
