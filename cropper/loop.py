@@ -142,7 +142,7 @@ class Cropper:
         subject_ = None
         if task == "subject":
             subject_ = self._find_subject(subject, photo, query, cfg, trace)
-        embedding = self._embed(photo)
+        embedding = self._embed(photo, task)
         exemplars = self._retrieve(embedding, task, subject_, ratio_, cfg)
 
         variables = dict(
@@ -200,9 +200,10 @@ class Cropper:
             raise ConfigError(f"ratio= applies to task='aspect', not task={task!r}")
         return None
 
-    def _embed(self, photo: Any) -> np.ndarray | None:
-        """The query's embedding, once: it serves retrieval and the content term."""
-        if self.embedder is None:
+    def _embed(self, photo: Any, task: str) -> np.ndarray | None:
+        """The query's embedding, once, when retrieval or the content term needs it."""
+        needed = self.index is not None or "content" in self.scorer.active_weights(task)
+        if self.embedder is None or not needed:
             return None
         return self.embedder.embed([photo])[0]
 

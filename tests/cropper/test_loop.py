@@ -219,3 +219,31 @@ def test_bad_arguments_get_a_clear_error(photo, kwargs, message):
     cropper, _ = make(lambda conv, s: [crops((0, 0, 10, 10))])
     with pytest.raises(ConfigError, match=message):
         cropper.crop(photo, **kwargs)
+
+
+class CountingEmbedder:
+    name, dim = "counting", 4
+
+    def __init__(self):
+        self.batches = []
+
+    def embed(self, images):
+        import numpy as np
+
+        self.batches.append(len(images))
+        return np.tile(np.array([[1.0, 0, 0, 0]], dtype=np.float32), (len(images), 1))
+
+
+@pytest.mark.parametrize(
+    ("task", "ratio", "batches"),
+    [
+        ("free", None, []),  # no bank, no head: area alone, so no embedding at all
+        ("aspect", "1:1", [1, 1]),  # content: the query once, then the round's one crop
+    ],
+)
+def test_the_query_is_embedded_only_when_something_uses_it(photo, task, ratio, batches):
+    embedder = CountingEmbedder()
+    vlm = ScriptedVLM(lambda conv, s: [crops((100, 100, 900, 900))] * s.n)
+    cropper = Cropper(vlm=vlm, clip=embedder, head=None, index=None, refine_rounds=0)
+    cropper.crop(photo, task=task, ratio=ratio)
+    assert embedder.batches == batches
