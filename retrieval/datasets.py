@@ -29,8 +29,9 @@ dataset has them and subjects where it has them.
 
 Missing or unreadable photos and malformed annotations are skipped and reported
 in one warning; when none is usable, :class:`ExemplarIndexError`. Reading the
-annotations (:func:`read_gaicd`, :func:`read_fcdb`, :func:`read_sacd`) is apart
-from finding the photos, so annotations can be checked without them.
+annotations (:func:`read_annotations`, or :func:`read_gaicd`, :func:`read_fcdb`,
+:func:`read_sacd`) is apart from finding the photos (:class:`PhotoFinder`), so
+annotations can be checked, and predictions evaluated, without them.
 """
 
 from __future__ import annotations
@@ -123,16 +124,52 @@ def load_dataset(
     return loader(root, split, images=images)
 
 
+def read_annotations(
+    name: str, root: PathLike, split: str | None = None, *, images: PathLike | None = None
+) -> Annotations:
+    """The records of benchmark ``name`` (gaicd, fcdb or sacd) without looking at any photo.
+
+    ``images`` matters to SACD only, whose records name their photo's path. The
+    ``jsonl`` and ``folder`` datasets have no annotations apart from their photos (their
+    crops are checked against each photo as it is read): :func:`load_dataset` reads them.
+    """
+    readers: dict[str, Callable[[Path], Annotations]] = {
+        "gaicd": lambda folder: read_gaicd(folder, split),
+        "fcdb": lambda folder: read_fcdb(folder, split),
+        "sacd": lambda folder: read_sacd(folder, split, images=photo_folder(name, folder, images)),
+    }
+    if name not in readers:
+        if name in DATASETS:
+            raise ConfigError(
+                f"{name} has no annotations apart from its photos: read it with load_dataset"
+            )
+        raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    return readers[name](_folder(root, name))
+
+
+def photo_folder(name: str, root: PathLike, images: PathLike | None = None) -> Path:
+    """Where dataset ``name``'s loader looks for photos: ``images`` if given, else its default.
+
+    The default is ``root/images``; FCDB's is ``root`` itself when it has no ``images``.
+    """
+    if images is not None:
+        return Path(images).expanduser()
+    folder = Path(root).expanduser()
+    if name == "fcdb" and not (folder / "images").is_dir():
+        return folder
+    return folder / "images"
+
+
 def load_gaicd(
     root: PathLike, split: str | None = None, *, images: PathLike | None = None
 ) -> list[Exemplar]:
     """GAICD in either form; photos in ``images`` (default ``root/images``, subfolders too)."""
     folder = _folder(root, "gaicd")
-    photos = Path(images).expanduser() if images is not None else folder / "images"
+    photos = photo_folder("gaicd", folder, images)
     return _exemplars(
         read_gaicd(folder, split),
-        _PhotoFinder(photos),
-        _label("gaicd", folder, split),
+        PhotoFinder(photos),
+        dataset_label("gaicd", folder, split),
         f"<id>.jpg photos under {photos} (subfolders too)",
     )
 
@@ -142,14 +179,11 @@ def load_fcdb(
 ) -> list[Exemplar]:
     """FCDB; photos in ``images`` (default ``root/images``, else ``root``), by id or url name."""
     folder = _folder(root, "fcdb")
-    if images is not None:
-        photos = Path(images).expanduser()
-    else:
-        photos = folder / "images" if (folder / "images").is_dir() else folder
+    photos = photo_folder("fcdb", folder, images)
     return _exemplars(
         read_fcdb(folder, split),
-        _PhotoFinder(photos),
-        _label("fcdb", folder, split),
+        PhotoFinder(photos),
+        dataset_label("fcdb", folder, split),
         f"photos under {photos} named by Flickr id (<id>.jpg, <id>_...) or by the url's file name",
     )
 
@@ -159,11 +193,11 @@ def load_sacd(
 ) -> list[Exemplar]:
     """SACD; photos in ``images`` (default ``root/images``) as ``<name>.jpg``."""
     folder = _folder(root, "sacd")
-    photos = Path(images).expanduser() if images is not None else folder / "images"
+    photos = photo_folder("sacd", folder, images)
     return _exemplars(
         read_sacd(folder, split, images=photos),
-        _PhotoFinder(photos),
-        _label("sacd", folder, split),
+        PhotoFinder(photos),
+        dataset_label("sacd", folder, split),
         f"<name>.jpg photos under {photos} for annotations/<name>_<k>.json",
         unit="annotations",
     )
@@ -183,7 +217,7 @@ def load_folder(
     """Photos under ``root`` (subfolders too) with a sidecar JSON each; others are skipped."""
     _no_split_or_images("folder", split, images, "the photos are the ones beside their sidecars")
     folder = _folder(root, "folder")
-    label = _label("folder", folder, None)
+    label = dataset_label("folder", folder, None)
     expected = 'photos with a sidecar JSON each (a.jpg + a.json: {"crops": [[l, t, r, b], ...]})'
     photos = sorted(_photos_under(folder))
     if not photos:
@@ -482,14 +516,22 @@ def _pixel_box(values: Any) -> PixelBox:
 # -- finding photos and making exemplars -----------------------------------------------
 
 
-class _PhotoFinder:
-    """Photos under a folder (subfolders too) by file name, stem or leading photo id."""
+class PhotoFinder:
+    """Photos under a folder (subfolders too) by file name, stem or leading photo id.
+
+    The folder is walked once, on the first :meth:`find`; a folder that does not exist
+    holds no photos.
+    """
 
     def __init__(self, folder: Path):
         self.folder = folder
         self._maps: tuple[dict[str, Path], dict[str, Path], dict[str, Path]] | None = None
 
     def find(self, key: str) -> Path | None:
+        """The photo named ``key``, with stem ``key``, or whose name starts with photo id ``key``.
+
+        ``4910188666`` finds ``4910188666_04cf9f487d_b.jpg``; None when nothing matches.
+        """
         by_name, by_stem, by_id = self._index()
         suffix = Path(key).suffix.lower()
         stem = Path(key).stem if suffix in PHOTO_SUFFIXES else key
@@ -548,7 +590,7 @@ class _Skipped:
 
 def _exemplars(
     annotations: Annotations,
-    finder: _PhotoFinder,
+    finder: PhotoFinder,
     label: str,
     expected: str,
     unit: str = "photos",
@@ -568,7 +610,7 @@ def _exemplars(
     return _finish(exemplars, skipped, total, label, expected, unit)
 
 
-def _locate(record: Record, finder: _PhotoFinder) -> Path | None:
+def _locate(record: Record, finder: PhotoFinder) -> Path | None:
     try:
         if record.photo is not None and record.photo.is_file():
             return record.photo
@@ -586,8 +628,11 @@ def _exemplar(record: Record, photo: Path) -> Exemplar:
         size = photo_size(photo)
     except PHOTO_ERRORS as exc:
         raise _Unusable(UNREADABLE, str(exc)) from None
-    frame = _scaled(size, record.long_side) if record.long_side else size
-    crops = tuple(_normalized_box(box, frame) for box in record.crops)
+    frame = scaled_size(size, record.long_side) if record.long_side else size
+    try:
+        crops = tuple(normalized_box(box, frame) for box in record.crops)
+    except ValueError as exc:
+        raise _Unusable(NOT_FITTING, str(exc)) from None
     subject = None
     if record.subject is not None:
         x, y = (_within(v, n) for v, n in zip(record.subject, frame, strict=True))
@@ -603,17 +648,21 @@ def _exemplar(record: Record, photo: Path) -> Exemplar:
     )
 
 
-def _scaled(size: Size, long_side: int) -> Size:
+def scaled_size(size: Size, long_side: int) -> Size:
     """The photo's size scaled to ``long_side``: the frame the dataset's pixels refer to."""
     scale = long_side / max(size)
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _normalized_box(box: PixelBox, frame: Size) -> Box:
+def normalized_box(box: PixelBox, frame: Size) -> Box:
+    """A pixel box of a ``frame``-sized photo, normalized; within a pixel of the edge is clamped.
+
+    Raises ``ValueError`` naming the box and the frame when it does not fit.
+    """
     w, h = frame
     edges = (_within(box[0], w), _within(box[1], h), _within(box[2], w), _within(box[3], h))
     if any(e is None for e in edges) or edges[0] >= edges[2] or edges[1] >= edges[3]:  # type: ignore[operator]
-        raise _Unusable(NOT_FITTING, f"crop {[round(v, 2) for v in box]} on {_wxh(frame)}")
+        raise ValueError(f"crop {[round(v, 2) for v in box]} on {_wxh(frame)}")
     left, top, right, bottom = edges
     return Box(left / w, top / h, right / w, bottom / h)  # type: ignore[operator]
 
@@ -643,11 +692,19 @@ def _finish(
         raise ExemplarIndexError(
             f"{label}: none of the {total} {unit} could be used; expected {expected} | {skipped}"
         )
-    if skipped:
-        log.warning(
-            "%s: skipped %s of %s %s | %s", label, f"{len(skipped)}", f"{total}", unit, skipped
-        )
+    warn_skipped(label, skipped, total, unit)
     return exemplars
+
+
+def warn_skipped(
+    label: str, skipped: Iterable[tuple[str, str]], total: int, unit: str = "photos"
+) -> None:
+    """One warning for everything skipped, as ``(kind, name)``: a count and the first few."""
+    problems = skipped if isinstance(skipped, _Skipped) else _Skipped(skipped)
+    if problems:
+        log.warning(
+            "%s: skipped %s of %s %s | %s", label, f"{len(problems)}", f"{total}", unit, problems
+        )
 
 
 # -- small helpers -------------------------------------------------------------------
@@ -662,7 +719,8 @@ def _folder(root: PathLike, dataset: str) -> Path:
     return folder
 
 
-def _label(dataset: str, root: Path, split: str | None) -> str:
+def dataset_label(dataset: str, root: Path, split: str | None) -> str:
+    """How reports name a dataset: ``gaicd at /data/GAICD (split test)``."""
     return f"{dataset} at {root}" + (f" (split {split})" if split else "")
 
 

@@ -15,11 +15,14 @@ from cropper.errors import ConfigError, ExemplarIndexError
 from retrieval.datasets import (
     DATASETS,
     GAICD_LONG_SIDE,
+    PhotoFinder,
     load_dataset,
     load_fcdb,
     load_folder,
     load_gaicd,
     load_sacd,
+    photo_folder,
+    read_annotations,
     read_fcdb,
     read_gaicd,
     read_sacd,
@@ -461,3 +464,48 @@ def test_a_folder_without_the_dataset(tmp_path: Path, name: str, message: str) -
         load_dataset(name, tmp_path)
     with pytest.raises(ExemplarIndexError, match="is not a folder"):
         load_dataset(name, tmp_path / "missing")
+
+
+# -- annotations without photos, for eval ------------------------------------------------------
+
+
+def test_read_annotations_is_the_dataset_reader(gaicd_root: Path, shared_data: Path) -> None:
+    assert read_annotations("gaicd", gaicd_root, "test") == read_gaicd(gaicd_root, "test")
+    assert read_annotations("fcdb", shared_data / "fcdb") == read_fcdb(shared_data / "fcdb")
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "match"),
+    [
+        ("jsonl", ConfigError, "no annotations apart from its photos: read it with load_dataset"),
+        ("folder", ConfigError, "read it with load_dataset"),
+        ("coco", ConfigError, "unknown dataset 'coco'"),
+    ],
+)
+def test_read_annotations_refuses_what_it_cannot_read(tmp_path, name, error, match) -> None:
+    with pytest.raises(error, match=match):
+        read_annotations(name, tmp_path)
+
+
+def test_read_annotations_of_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ExemplarIndexError, match="is not a folder"):
+        read_annotations("gaicd", tmp_path / "gone")
+
+
+def test_photo_folder_is_where_the_loaders_look(tmp_path: Path) -> None:
+    assert photo_folder("gaicd", tmp_path) == tmp_path / "images"
+    assert photo_folder("sacd", tmp_path) == tmp_path / "images"
+    assert photo_folder("fcdb", tmp_path) == tmp_path  # FCDB's photos may lie beside its JSON
+    (tmp_path / "images").mkdir()
+    assert photo_folder("fcdb", tmp_path) == tmp_path / "images"
+    assert photo_folder("gaicd", tmp_path, tmp_path / "mine") == tmp_path / "mine"
+
+
+def test_photo_finder_by_name_stem_or_photo_id(tmp_path: Path) -> None:
+    _photo(tmp_path / "a" / "4910188666_04cf9f487d_b.jpg")
+    _photo(tmp_path / "b" / "265813.png")
+    finder = PhotoFinder(tmp_path)
+    flickr = tmp_path / "a" / "4910188666_04cf9f487d_b.jpg"
+    assert finder.find("4910188666") == flickr == finder.find("4910188666_04cf9f487d_b.jpg")
+    assert finder.find("265813.jpg") == tmp_path / "b" / "265813.png"  # by stem
+    assert finder.find("nope.jpg") is None and PhotoFinder(tmp_path / "gone").find("a") is None
