@@ -1,0 +1,244 @@
+"""``cropper eval crop``: run a cropper (or a baseline) over a dataset split and measure it.
+
+The run is resumable: each photo's prediction is appended to ``predictions.jsonl`` (one
+line, flushed and synced) as soon as it is done, and a run started again with the same
+folder skips the photos already there. A line torn by a kill is dropped on restart.
+
+The protocol, since the paper publishes none:
+
+- Each photo is cropped once with the dataset's task: GAICD free-form, FCDB aspect-ratio
+  (the ratio of its ground-truth crop), SACD subject-aware (the centre of the annotated
+  subject, as a point).
+- ``iou`` and ``bde`` compare the predicted crop with the ground truth in pixels of the
+  original photo: against several ground truths (GAICD's crops tied for the highest MOS)
+  the best of them (:func:`cropper.metrics.box_metrics`).
+- On GAICD the ranking metrics (Acc, wAcc, SRCC, PCC) rank the photo's annotated crops by
+  their IoU with the predicted crop, as if that IoU were the predicted score of each: a
+  prediction close to the crops people rated highest ranks them first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cropper import metrics
+from cropper.boxes import Box, Size
+from cropper.errors import ConfigError, CropperError, VLMError
+from cropper.result import CropResult
+
+log = logging.getLogger(__name__)
+
+#: The task each benchmark measures, as in the paper.
+DATASET_TASKS = {"gaicd": "free", "fcdb": "aspect", "sacd": "subject"}
+PREDICTIONS = "predictions.jsonl"
+
+
+class Method(Protocol):
+    """What a run crops with: a :class:`~cropper.loop.Cropper` or a baseline."""
+
+    def crop(
+        self, image: Any, task: str = "free", *, subject: Any = None, ratio: Any = None
+    ) -> CropResult: ...
+
+
+@dataclass(frozen=True)
+class EvalPhoto:
+    """One photo of the split with its annotated crops (normalized) and their scores."""
+
+    name: str  # how predictions and reports call it: the file name, made unique
+    path: str
+    size: Size
+    crops: tuple[Box, ...]
+    scores: tuple[float, ...] | None = None
+    subject: tuple[float, float] | None = None  # normalized, for subject-aware cropping
+
+    def pixels(self, box: Box) -> tuple[float, float, float, float]:
+        """``box`` in (unrounded) pixels of the original photo."""
+        w, h = self.size
+        return (box.x0 * w, box.y0 * h, box.x1 * w, box.y1 * h)
+
+    @property
+    def truths(self) -> list[Box]:
+        """The ground truth for the box metrics: the best-scored crops, ties included."""
+        return metrics.best_crops(self.crops, self.scores)  # type: ignore[return-value]
+
+    def request(self, task: str) -> dict[str, Any]:
+        """The ``subject=`` and ``ratio=`` a crop of this photo is asked with for ``task``."""
+        if task == "aspect":
+            left, top, right, bottom = self.pixels(self.truths[0])
+            return {"subject": None, "ratio": (right - left) / (bottom - top)}
+        if task == "subject":
+            return {"subject": self.subject or self.truths[0].center, "ratio": None}
+        return {"subject": None, "ratio": None}
+
+
+def eval_photos(
+    dataset: str, root: str | os.PathLike, split: str | None, *, images: Any = None
+) -> list[EvalPhoto]:
+    """The split's photos with their ground truth, named uniquely by file name."""
+    from retrieval.datasets import load_dataset
+
+    photos: list[EvalPhoto] = []
+    seen: dict[str, int] = {}
+    for exemplar in load_dataset(dataset, root, split, images=images):
+        name = Path(exemplar.image).name
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:  # SACD annotates one photo several times, one subject each
+            name = f"{name}#{seen[name]}"
+        subjects = [s for s in exemplar.subjects or () if s is not None]
+        photos.append(
+            EvalPhoto(
+                name=name,
+                path=exemplar.image,
+                size=exemplar.size,
+                crops=exemplar.crops,
+                scores=exemplar.scores,
+                subject=subjects[0] if subjects else None,
+            )
+        )
+    return photos
+
+
+def dataset_task(dataset: str, task: str | None) -> str:
+    """The task to crop ``dataset`` with: ``task`` if given, else the benchmark's own."""
+    from cropper.tasks import check_task
+
+    return check_task(task) if task else DATASET_TASKS.get(dataset, "free")
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    """What a run did: how many photos it cropped now, found done, and could not crop."""
+
+    cropped: int = 0
+    resumed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_split(
+    method: Method,
+    photos: Sequence[EvalPhoto],
+    task: str,
+    out: str | os.PathLike,
+    *,
+    progress: bool = True,
+) -> RunOutcome:
+    """Crop every photo not yet in ``out/predictions.jsonl``, appending each as it is done.
+
+    A photo that cannot be cropped (a bad file, a reply with no box) is reported and left
+    out, so a later run tries it again; a server that stays unreachable stops the run.
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = read_predictions(folder / PREDICTIONS)
+    todo = [p for p in photos if p.name not in done]
+    outcome = RunOutcome(resumed=len(photos) - len(todo))
+    if outcome.resumed:
+        log.info("resuming: %d of %d photos already done", outcome.resumed, len(photos))
+    with open(folder / PREDICTIONS, "a", encoding="utf-8") as sink:
+        for photo in _progress(todo, progress):
+            try:
+                result = method.crop(photo.path, task=task, **photo.request(task))
+            except VLMError as exc:
+                if exc.retryable:
+                    raise  # the server is gone: stop now, resume later
+                outcome.failures.append((photo.name, str(exc)))
+                continue
+            except CropperError as exc:
+                outcome.failures.append((photo.name, str(exc)))
+                continue
+            line = {
+                "image": photo.name,
+                "task": task,
+                "box": [round(v, 2) for v in photo.pixels(result.box)],
+                "score": round(float(result.score), 6),
+            }
+            sink.write(json.dumps(line) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())  # a kill after this line loses nothing
+            outcome.cropped += 1
+    return outcome
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    """The predictions written so far, by image name; a torn last line is cut off."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):  # killed mid-line: keep only whole lines
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as handle:
+            handle.truncate(cut)
+        log.warning("%s: dropped a line torn by an interrupted run", path)
+        data = data[:cut]
+    out: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            box = record["box"]
+            if not isinstance(record["image"], str) or len(box) != 4:
+                raise ValueError
+            out[record["image"]] = record
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s:%d: not a prediction line; ignored (it will be redone)", path, number)
+    return out
+
+
+def _progress(items: Sequence[EvalPhoto], enabled: bool) -> Iterable[EvalPhoto]:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="cropping", unit="photo", disable=None)  # None: off when no terminal
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhotoScore:
+    """One photo's prediction and its metrics."""
+
+    photo: EvalPhoto
+    box: tuple[float, float, float, float]  # predicted, pixels of the original photo
+    values: dict[str, float]  # iou, bde, and the ranking metrics where they apply
+
+
+def score_predictions(
+    photos: Sequence[EvalPhoto], predictions: dict[str, dict[str, Any]], *, ranked: bool
+) -> list[PhotoScore]:
+    """Each predicted photo's metrics; ``ranked`` adds Acc, wAcc, SRCC and PCC by IoU."""
+    scored: list[PhotoScore] = []
+    for photo in photos:
+        record = predictions.get(photo.name)
+        if record is None:
+            continue
+        box = tuple(float(v) for v in record["box"])
+        truths = [photo.pixels(t) for t in photo.truths]
+        values = metrics.box_metrics(box, truths, photo.size)
+        if ranked and photo.scores is not None and len(photo.crops) >= max(metrics.TOP_K):
+            ious = [metrics.iou(box, photo.pixels(c)) for c in photo.crops]
+            values |= metrics.photo_score_metrics(photo.scores, ious)
+        scored.append(PhotoScore(photo, box, values))  # type: ignore[arg-type]
+    return scored
+
+
+def summarize(scored: Sequence[PhotoScore], *, ranked: bool) -> dict[str, float]:
+    """The means over photos: ``iou``, ``bde``, and with ``ranked`` the ranking metrics."""
+    if not scored:
+        raise ConfigError("no photo was cropped, so there is nothing to measure")
+    out = metrics.mean_box_metrics(s.values for s in scored)
+    rows = [s.values for s in scored if "srcc" in s.values]
+    if ranked and rows:
+        keys = [k for k in rows[0] if k not in ("iou", "bde")]
+        out |= metrics.mean_score_metrics({k: row[k] for k in keys} for row in rows)
+    return out

@@ -1,0 +1,93 @@
+"""Evaluate a cropper or a baseline on a benchmark split: crop, measure, report.
+
+>>> from cropper import Cropper
+>>> from cropper.evaluation.run import evaluate_crops
+>>> report = evaluate_crops(Cropper(vlm="http://localhost:8000/v1", index="banks/gaicd"),
+...                         "gaicd", "~/data/GAICD", "test", "runs/qwen3-8b")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cropper.evaluation.harness import (
+    PREDICTIONS,
+    EvalPhoto,
+    Method,
+    dataset_task,
+    eval_photos,
+    read_predictions,
+    run_split,
+    score_predictions,
+    summarize,
+)
+from cropper.evaluation.report import write_report
+from cropper.evaluation.truth import RANKED_DATASETS
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_crops(
+    method: Method,
+    dataset: str,
+    root: str | os.PathLike,
+    split: str | None,
+    out: str | os.PathLike,
+    *,
+    task: str | None = None,
+    images: str | os.PathLike | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    gallery: int = 6,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Crop the split's photos not yet done in ``out``, then write and return the report.
+
+    ``limit`` takes the split's first photos only, for a quick look. ``settings`` (the
+    method's description, never secrets) are recorded in the report as given.
+    """
+    root = Path(root).expanduser()
+    task_ = dataset_task(dataset, task)
+    photos = eval_photos(dataset, root, split, images=images)
+    if limit is not None:
+        photos = photos[: max(limit, 0)]
+    _warn_if_the_bank_holds_test_photos(method, photos)
+    outcome = run_split(method, photos, task_, out, progress=progress)
+    predictions = read_predictions(Path(out) / PREDICTIONS)
+    ranked = dataset in RANKED_DATASETS and task_ == "free"
+    scored = score_predictions(photos, predictions, ranked=ranked)
+    summary = summarize(scored, ranked=ranked)
+    record = {
+        "dataset": dataset,
+        "root": str(root),
+        "split": split,
+        "task": task_,
+        **dict(settings or {}),
+        "photos": len(photos),
+        "measured": len(scored),
+        "cropped_now": outcome.cropped,
+        "resumed": outcome.resumed,
+        "failed": [f"{name}: {why}" for name, why in outcome.failures],
+    }
+    return write_report(out, summary, scored, settings=record, gallery=gallery)
+
+
+def _warn_if_the_bank_holds_test_photos(method: Any, photos: list[EvalPhoto]) -> None:
+    """A bank built from the split it is measured on would show the answers: say so."""
+    index = getattr(method, "index", None)
+    exemplars = getattr(index, "exemplars", None)
+    if not exemplars:
+        return
+    banked = {Path(e.image).name for e in exemplars}
+    shared = sorted({p.name.split("#")[0] for p in photos} & banked)
+    if shared:
+        log.warning(
+            "the exemplar bank holds %d of the photos being measured (e.g. %s): it shows the "
+            "model their answers; build the bank from another split (e.g. --split train)",
+            len(shared),
+            ", ".join(shared[:3]),
+        )

@@ -1,0 +1,36 @@
+"""The scripted cropping method the evaluation tests run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cropper.result import CropResult
+
+
+class Scripted:
+    """Crops with a rule per photo path; counts its calls; can fail on chosen photos."""
+
+    def __init__(self, choose, fail: dict[str, Exception] | None = None, stop_after=None):
+        self.choose = choose
+        self.fail = fail or {}
+        self.stop_after = stop_after
+        self.calls: list[tuple[str, str, dict]] = []
+
+    def crop(self, image, task="free", *, subject=None, ratio=None):
+        if self.stop_after is not None and len(self.calls) == self.stop_after:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of a run
+        self.calls.append((str(image), task, {"subject": subject, "ratio": ratio}))
+        if Path(image).name in self.fail:
+            raise self.fail[Path(image).name]
+        photo = Image.new("RGB", (8, 8))
+        box = self.choose(str(image))
+        return CropResult(box=box, score=0.5, task=task, photo=photo, candidates=(), rounds=())
+
+
+@pytest.fixture
+def scripted() -> type[Scripted]:
+    """The :class:`Scripted` class: ``scripted(choose, fail=..., stop_after=...)``."""
+    return Scripted

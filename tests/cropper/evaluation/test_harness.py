@@ -1,0 +1,158 @@
+"""The eval-crop harness: photos of a split, resumable runs, metrics by the documented protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cropper import metrics
+from cropper.boxes import Box
+from cropper.errors import ImageError, VLMError
+from cropper.evaluation.harness import (
+    PREDICTIONS,
+    EvalPhoto,
+    dataset_task,
+    eval_photos,
+    read_predictions,
+    run_split,
+    score_predictions,
+    summarize,
+)
+from cropper.testing.synthetic import synthetic_photo
+
+
+def _photo(name: str, crops, scores=None, size=(400, 300), subject=None) -> EvalPhoto:
+    return EvalPhoto(name, f"/photos/{name}", size, tuple(crops), scores, subject)
+
+
+# -- photos of a split ----------------------------------------------------------------------
+
+
+def test_eval_photos_reads_the_real_gaicd_layout(shared_data: Path) -> None:
+    photos = eval_photos("gaicd", shared_data / "gaicd" / "official_layout", "test")
+    assert sorted(p.name for p in photos) == ["265813.jpg", "297406.jpg"]
+    for photo in photos:
+        assert len(photo.crops) == len(photo.scores) >= 54
+        best = max(photo.scores)
+        assert len(photo.truths) == photo.scores.count(best)
+
+
+def test_eval_photos_names_repeated_photos_apart(tmp_path: Path) -> None:
+    synthetic_photo(0).save(tmp_path / "a.jpg")
+    lines = [
+        {"image": "a.jpg", "crops": [[0, 0, 100, 100]], "subject": [50, 50]},
+        {"image": "a.jpg", "crops": [[10, 10, 200, 200]], "subject": [90, 90]},
+    ]
+    (tmp_path / "crops.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    photos = eval_photos("jsonl", tmp_path / "crops.jsonl", None)
+    assert [p.name for p in photos] == ["a.jpg", "a.jpg#2"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "task", "expected"),
+    [("gaicd", None, "free"), ("fcdb", None, "aspect"), ("sacd", None, "subject"),
+     ("jsonl", None, "free"), ("gaicd", "aspect", "aspect")],
+)  # fmt: skip
+def test_each_benchmark_is_cropped_with_its_own_task(dataset, task, expected) -> None:
+    assert dataset_task(dataset, task) == expected
+
+
+def test_requests_carry_the_truths_ratio_and_the_subject() -> None:
+    photo = _photo("a.jpg", [Box(0.1, 0.2, 0.6, 0.8)], size=(400, 300), subject=(0.3, 0.4))
+    ratio = photo.request("aspect")["ratio"]
+    assert ratio == pytest.approx((0.5 * 400) / (0.6 * 300))
+    assert photo.request("subject") == {"subject": (0.3, 0.4), "ratio": None}
+    assert photo.request("free") == {"subject": None, "ratio": None}
+
+
+# -- running and resuming -------------------------------------------------------------------
+
+
+def _photos(n: int) -> list[EvalPhoto]:
+    return [_photo(f"p{i}.jpg", [Box(0.1, 0.1, 0.9, 0.9)], (4.0,)) for i in range(n)]
+
+
+def test_a_run_writes_one_line_per_photo_in_pixels(scripted, tmp_path: Path) -> None:
+    method = scripted(lambda _: Box(0.25, 0.5, 0.75, 1.0))
+    outcome = run_split(method, _photos(3), "free", tmp_path, progress=False)
+    assert (outcome.cropped, outcome.resumed, outcome.failures) == (3, 0, [])
+    lines = [json.loads(x) for x in (tmp_path / PREDICTIONS).read_text().splitlines()]
+    assert [x["image"] for x in lines] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert lines[0]["box"] == [100.0, 150.0, 300.0, 300.0]  # of the 400x300 photo
+    assert lines[0]["task"] == "free"
+
+
+def test_a_stopped_run_resumes_without_redoing_or_repeating(scripted, tmp_path: Path) -> None:
+    photos = _photos(5)
+    with pytest.raises(KeyboardInterrupt):
+        run_split(scripted(lambda _: Box.whole(), stop_after=2), photos, "free", tmp_path,
+                  progress=False)  # fmt: skip
+    again = scripted(lambda _: Box.whole())
+    outcome = run_split(again, photos, "free", tmp_path, progress=False)
+    assert (outcome.resumed, outcome.cropped) == (2, 3)
+    assert [Path(c[0]).name for c in again.calls] == ["p2.jpg", "p3.jpg", "p4.jpg"]
+    names = [json.loads(x)["image"] for x in (tmp_path / PREDICTIONS).read_text().splitlines()]
+    assert sorted(names) == [p.name for p in photos]  # each once
+
+
+def test_a_line_torn_by_a_kill_is_dropped_and_redone(scripted, tmp_path: Path) -> None:
+    photos = _photos(3)
+    run_split(scripted(lambda _: Box.whole()), photos[:2], "free", tmp_path, progress=False)
+    with open(tmp_path / PREDICTIONS, "ab") as handle:
+        handle.write(b'{"image": "p2.jpg", "task": "fr')  # killed mid-write
+    assert set(read_predictions(tmp_path / PREDICTIONS)) == {"p0.jpg", "p1.jpg"}
+    outcome = run_split(scripted(lambda _: Box.whole()), photos, "free", tmp_path, progress=False)
+    assert outcome.cropped == 1
+    lines = (tmp_path / PREDICTIONS).read_text().splitlines()
+    assert [json.loads(x)["image"] for x in lines] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+
+
+def test_a_bad_photo_is_reported_and_the_rest_are_cropped(scripted, tmp_path: Path) -> None:
+    method = scripted(lambda _: Box.whole(), fail={"p1.jpg": ImageError("p1.jpg: truncated")})
+    outcome = run_split(method, _photos(3), "free", tmp_path, progress=False)
+    assert outcome.cropped == 2
+    assert outcome.failures == [("p1.jpg", "p1.jpg: truncated")]
+    assert "p1.jpg" not in read_predictions(tmp_path / PREDICTIONS)  # tried again next run
+
+
+def test_an_unreachable_server_stops_the_run(scripted, tmp_path: Path) -> None:
+    down = VLMError("connection refused", retryable=True)
+    method = scripted(lambda _: Box.whole(), fail={"p1.jpg": down})
+    with pytest.raises(VLMError):
+        run_split(method, _photos(3), "free", tmp_path, progress=False)
+    assert set(read_predictions(tmp_path / PREDICTIONS)) == {"p0.jpg"}
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def test_predicting_a_top_crop_gives_iou_1_and_full_accuracy(shared_data: Path) -> None:
+    photos = eval_photos("gaicd", shared_data / "gaicd" / "official_layout", "test")
+    predictions = {p.name: {"image": p.name, "box": list(p.pixels(p.truths[0]))} for p in photos}
+    scored = score_predictions(photos, predictions, ranked=True)
+    summary = summarize(scored, ranked=True)
+    assert summary["iou"] == pytest.approx(1.0)
+    assert summary["bde"] == pytest.approx(0.0, abs=1e-9)
+    # The top crop has IoU 1 with itself, so it ranks first: a hit at every N.
+    assert summary["acc1_5"] == summary["acc1_10"] == pytest.approx(1.0)
+    assert set(metrics.score_keys()) <= set(summary)
+
+
+def test_metrics_of_a_shifted_box_match_the_hand_computed_values() -> None:
+    photo = _photo("a.jpg", [Box(0.0, 0.0, 0.5, 0.5)], (3.0,), size=(400, 200))
+    # Truth: (0, 0, 200, 100); prediction shifted right by 100 px.
+    predictions = {"a.jpg": {"box": [100, 0, 300, 100]}}
+    scored = score_predictions([photo], predictions, ranked=False)
+    values = scored[0].values
+    assert values["iou"] == pytest.approx(100 * 100 / (2 * 200 * 100 - 100 * 100))
+    assert values["bde"] == pytest.approx((100 / 400 + 100 / 400 + 0 + 0) / 4)
+    assert "srcc" not in values
+
+
+def test_photos_without_a_prediction_are_left_out_and_nothing_is_an_error() -> None:
+    photos = _photos(2)
+    scored = score_predictions(photos, {"p0.jpg": {"box": [40, 30, 360, 270]}}, ranked=False)
+    assert [s.photo.name for s in scored] == ["p0.jpg"]
+    assert summarize(scored, ranked=False)["iou"] == pytest.approx(1.0)

@@ -1,0 +1,51 @@
+"""evaluate_crops end to end on the real GAICD layout, with a scripted method."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cropper import metrics
+from cropper.boxes import Box
+from cropper.evaluation.run import evaluate_crops
+
+
+def test_a_run_on_gaicd_reports_box_and_ranking_metrics(
+    scripted, shared_data: Path, tmp_path
+) -> None:
+    root = shared_data / "gaicd" / "official_layout"
+    method = scripted(lambda _: Box(0.05, 0.05, 0.95, 0.95))
+    report = evaluate_crops(method, "gaicd", root, "test", tmp_path, progress=False,
+                            settings={"method": "scripted"})  # fmt: skip
+    assert report["photos"] == report["measured"] == 2
+    assert report["task"] == "free" and report["method"] == "scripted"
+    assert set(metrics.score_keys()) | {"iou", "bde"} == set(report["metrics"])
+    assert 0 < report["metrics"]["iou"] < 1
+    assert all(task == "free" for _, task, _ in method.calls)
+    again = evaluate_crops(scripted(lambda _: Box.whole()), "gaicd", root, "test", tmp_path,
+                           progress=False)  # fmt: skip
+    assert (again["resumed"], again["cropped_now"]) == (2, 0)
+    assert again["metrics"] == report["metrics"]  # the first run's crops, not redone
+    assert json.loads((tmp_path / "metrics.json").read_text()) == again
+
+
+def test_limit_takes_the_first_photos(scripted, shared_data: Path, tmp_path) -> None:
+    root = shared_data / "gaicd" / "official_layout"
+    report = evaluate_crops(scripted(lambda _: Box.whole()), "gaicd", root, None, tmp_path,
+                            limit=1, progress=False)  # fmt: skip
+    assert report["photos"] == 1
+
+
+def test_a_bank_holding_the_measured_photos_is_warned_about(
+    scripted, shared_data: Path, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = shared_data / "gaicd" / "official_layout"
+    method = scripted(lambda _: Box.whole())
+    method.index = SimpleNamespace(exemplars=[SimpleNamespace(image="/x/265813.jpg")])
+    with caplog.at_level(logging.WARNING):
+        evaluate_crops(method, "gaicd", root, "test", tmp_path, progress=False)
+    assert "holds 1 of the photos being measured (e.g. 265813.jpg)" in caplog.text
