@@ -26,24 +26,28 @@ DEFAULT: Any = _Default()
 
 
 def vlm_spec(vlm: Any) -> Any:
-    """The VLM a ``vlm=`` argument names, checked before anything heavy loads."""
+    """The VLM a ``vlm=`` argument names, checked before anything heavy loads.
+
+    ``None`` or ``"none"`` (also as ``$CROPPER_VLM``) means no VLM at all: returns ``None``.
+    """
     from cropper.vlm import VLM, backend_for
 
     if isinstance(vlm, VLM):
         return vlm
     spec = defaults.from_env(defaults.ENV_VLM, defaults.DEFAULT_VLM) if vlm is DEFAULT else vlm
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
-        raise ConfigError(
-            "a VLM is needed: pass vlm= a server URL (http://host:8000/v1) or a model id or folder"
-        )
+        return None
     backend_for(spec)
     return spec
 
 
 def make_vlm(vlm: Any, api_key: str | None = None) -> Any:
+    """The VLM, loaded; ``None`` when the spec names none."""
     from cropper.vlm import load_vlm
 
     spec = vlm_spec(vlm)
+    if spec is None:
+        return None
     kwargs = {"api_key": api_key} if api_key and isinstance(spec, str) and "://" in spec else {}
     return load_vlm(spec, **kwargs)
 

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,9 +25,12 @@ from cropper.parsing import parse_boxes, parse_reply
 from cropper.prompts import PromptPhoto, PromptSet
 from cropper.result import Candidate, CropResult, Round
 from cropper.scoring import Scorer
-from cropper.tasks import Ratio, Subject, check_task, parse_ratio, subject_from_spec
+from cropper.tasks import Ratio, Subject, check_request, subject_from_spec
 from cropper.vlm.base import VLM, Sampling
 from cropper.vlm.schema import boxes_schema, ground_schema
+
+if TYPE_CHECKING:
+    from cropper.baselines import HeadGridCrop
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,9 @@ class Cropper:
         vlm: a server URL (``http://host:8000/v1``), a hub id or local folder for
             transformers, ``vllm:MODEL`` for vLLM's engine, or a :class:`VLM`.
             Default: ``$CROPPER_VLM``, else :data:`cropper.defaults.DEFAULT_VLM`.
+            ``None`` or ``"none"`` (also as ``$CROPPER_VLM``): no VLM; each crop is
+            GAICD's grid candidate that the aesthetic head ranks first
+            (:class:`cropper.baselines.HeadGridCrop`), and the bank is not used.
         clip: an open_clip spec (``ViT-L-14:openai``, ``hf-hub:...``,
             ``local-dir:...``), an embedder, or ``None`` for none. Default: the
             bank's embedder, else ``$CROPPER_CLIP``, else ``ViT-L-14:openai``.
@@ -102,11 +108,18 @@ class Cropper:
         index = components.index_spec(index)
         self.prompts = prompts if isinstance(prompts, PromptSet) else PromptSet(prompts)
         self.embedder = components.make_embedder(clip, index)
-        self.index = components.make_index(index, self.embedder)
+        # Exemplars only feed the VLM's prompt: without a VLM the bank is left unloaded.
+        self.index = components.make_index(index, self.embedder) if vlm is not None else None
         self.scorer = Scorer(self.embedder, components.make_head(head, self.embedder))
-        self.vlm: VLM = components.make_vlm(vlm, api_key=api_key)
+        self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key)
         self._exemplars = ExemplarSource(self.index) if self.index else None
-        if self.index is None:
+        self._no_vlm: HeadGridCrop | None = None
+        if self.vlm is None:
+            from cropper.baselines import HeadGridCrop
+
+            self._no_vlm = HeadGridCrop(self.scorer)
+            log.info("no VLM: cropping with the aesthetic head over GAICD's grid candidates")
+        elif self.index is None:
             log.info("no exemplar index: cropping zero-shot (pass index= a bank folder)")
 
     # -- the loop --------------------------------------------------------------
@@ -131,10 +144,9 @@ class Cropper:
             **settings: :class:`CropConfig` fields for this call only.
         """
         cfg = self.config.replace(**settings) if settings else self.config
-        task = check_task(task)
-        ratio_ = self._ratio_for(task, ratio)
-        if subject is not None and task != "subject":
-            raise ConfigError(f"subject= applies to task='subject', not task={task!r}")
+        if self._no_vlm is not None:
+            return self._no_vlm.crop(image, task, subject=subject, ratio=ratio)
+        task, ratio_ = check_request(task, subject=subject, ratio=ratio)
         photo = load_image(image)
         query = PromptPhoto(fit_within(photo, cfg.query_side), key=_name(image))
         trace: list[Round] = []
@@ -190,16 +202,6 @@ class Cropper:
         )
 
     # -- steps -----------------------------------------------------------------
-    @staticmethod
-    def _ratio_for(task: str, ratio: Any) -> Ratio | None:
-        if task == "aspect":
-            if ratio is None:
-                raise ConfigError("task='aspect' needs ratio=, e.g. ratio='16:9'")
-            return parse_ratio(ratio)
-        if ratio is not None:
-            raise ConfigError(f"ratio= applies to task='aspect', not task={task!r}")
-        return None
-
     def _embed(self, photo: Any, task: str) -> np.ndarray | None:
         """The query's embedding, once, when retrieval or the content term needs it."""
         needed = self.index is not None or "content" in self.scorer.active_weights(task)
@@ -316,7 +318,8 @@ class Cropper:
         return subject
 
     def close(self) -> None:
-        self.vlm.close()
+        if self.vlm is not None:
+            self.vlm.close()
 
     def __enter__(self) -> Cropper:
         return self

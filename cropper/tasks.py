@@ -24,6 +24,24 @@ def check_task(task: str) -> str:
     return task
 
 
+def check_request(task: str, *, subject: Any = None, ratio: Any = None) -> tuple[str, Ratio | None]:
+    """Check a crop request's task and arguments; return the task and its parsed ratio.
+
+    A ratio belongs to ``"aspect"`` (which needs one) and a subject to ``"subject"``.
+    """
+    task = check_task(task)
+    parsed = None
+    if task == "aspect":
+        if ratio is None:
+            raise ConfigError("task='aspect' needs ratio=, e.g. ratio='16:9'")
+        parsed = parse_ratio(ratio)
+    elif ratio is not None:
+        raise ConfigError(f"ratio= applies to task='aspect', not task={task!r}")
+    if subject is not None and task != "subject":
+        raise ConfigError(f"subject= applies to task='subject', not task={task!r}")
+    return task, parsed
+
+
 @dataclass(frozen=True)
 class Ratio:
     """A requested aspect ratio: width over height, and how the user wrote it."""
@@ -69,7 +87,7 @@ class Subject:
     point: tuple[float, float]
     box: Box | None = None
     text: str | None = None
-    source: str = "point"  # point, box, mask, text, auto (asked the VLM), or fallback
+    source: str = "point"  # point, box, mask, text, auto (asked the VLM), saliency, fallback
 
 
 def subject_from_spec(spec: Any, size: Size) -> Subject | str | None:

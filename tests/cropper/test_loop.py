@@ -247,3 +247,82 @@ def test_the_query_is_embedded_only_when_something_uses_it(photo, task, ratio, b
     cropper = Cropper(vlm=vlm, clip=embedder, head=None, index=None, refine_rounds=0)
     cropper.crop(photo, task=task, ratio=ratio)
     assert embedder.batches == batches
+
+
+# -- no VLM: the aesthetic head over GAICD's grid --------------------------------------------
+
+
+@pytest.mark.parametrize("vlm", [None, "none", " None "])
+def test_no_vlm_crops_with_the_head_over_the_grid(photo, vlm):
+    from cropper.grid import grid_candidates
+
+    with Cropper(vlm=vlm, clip=None, head=None, index=None) as cropper:
+        assert cropper.vlm is None
+        result = cropper.crop(photo)
+    assert result.rounds == () and {c.source for c in result.candidates} == {"head"}
+    assert {c.box for c in result.candidates} == set(grid_candidates(photo.size))
+
+
+def test_no_vlm_from_the_environment(photo, monkeypatch):
+    monkeypatch.setenv("CROPPER_VLM", "none")
+    cropper = Cropper(clip=None, head=None, index=None)
+    assert cropper.vlm is None
+    left, top, right, bottom = cropper.crop(photo, task="aspect", ratio="1:1").pixels
+    assert right - left == bottom - top
+
+
+def test_no_vlm_leaves_the_bank_unloaded(photo, tmp_path):
+    cropper = Cropper(vlm=None, clip=None, head=None, index=tmp_path / "no-such-bank")
+    assert cropper.index is None
+    assert cropper.crop(photo, task="subject", subject=(0.5, 0.5)).box.contains(0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": "zoom"}, "unknown task"),
+        ({"task": "aspect"}, "needs ratio="),
+        ({"task": "free", "subject": (0.5, 0.5)}, "applies to task='subject'"),
+        ({"task": "subject", "subject": "the red kite"}, "needs a VLM"),
+        ({"task": "free", "bogus": 1}, "unknown setting"),
+    ],
+)
+def test_no_vlm_keeps_the_argument_errors(photo, kwargs, message):
+    cropper = Cropper(vlm=None, clip=None, head=None, index=None)
+    with pytest.raises(ConfigError, match=message):
+        cropper.crop(photo, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_head_file(tmp_path_factory):
+    from cropper.head import random_head, save_head
+
+    return save_head(random_head(32, seed=3), tmp_path_factory.mktemp("head") / "gaicd.safetensors")
+
+
+@pytest.mark.parametrize(("task", "kwargs"), [("free", {}), ("aspect", {"ratio": "4:3"})])
+def test_no_vlm_crops_a_real_gaicd_photo(gaicd_photo, tiny_clip, tiny_head_file, task, kwargs):
+    from cropper.grid import grid_candidates, ratio_candidates
+
+    cropper = Cropper(vlm=None, clip=tiny_clip, head=str(tiny_head_file))
+    result = cropper.crop(gaicd_photo, task=task, **kwargs)
+    size = result.size
+    pool = grid_candidates(size) if task == "free" else ratio_candidates(size, 4 / 3)
+    assert {c.box for c in result.candidates} == set(pool)
+    assert result.box in pool and result.source == str(gaicd_photo)
+    assert set(result.candidates[0].terms) == {"aesthetic"}
+    assert len({round(c.score, 9) for c in result.candidates}) > 1  # the head tells them apart
+
+
+def test_cli_crops_with_no_vlm(gaicd_photo, tiny_clip, tiny_head_file, capsys):
+    from cropper.cli import main
+
+    argv = ["crop", str(gaicd_photo), "--vlm", "none", "--clip", tiny_clip]
+    assert main([*argv, "--head", str(tiny_head_file), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    with Image.open(gaicd_photo) as image:
+        w, h = image.size
+    left, top, right, bottom = line["box"]
+    assert line["image"] == str(gaicd_photo) and line["task"] == "free"
+    assert 0 <= left < right <= w and 0 <= top < bottom <= h
+    assert (right - left) * (bottom - top) >= 0.45 * w * h  # a grid crop: half the photo or more
