@@ -88,8 +88,13 @@ def markdown_table(summary: Mapping[str, float], settings: Mapping[str, Any]) ->
     """The run's metrics beside each published method's, with the run's settings above."""
     dataset = str(settings.get("dataset", ""))
     published = PUBLISHED.get(dataset, {})
-    lines = [f"# {settings.get('method', 'cropper')} on {dataset} ({settings.get('split')})", ""]
-    lines += [f"- {k}: {v}" for k, v in settings.items() if k not in ("dataset", "split")]
+    split = settings.get("split") or "all photos"
+    lines = [f"# {settings.get('method', 'cropper')} on {dataset} ({split})", ""]
+    lines += [
+        f"- {key}: {_setting(value)}"
+        for key, value in settings.items()
+        if key not in ("dataset", "split")
+    ]
     lines += ["", "Acc and wAcc in percent. Protocol: see `cropper eval crop --help`.", ""]
     header = ["metric", "this run", *published]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -98,6 +103,12 @@ def markdown_table(summary: Mapping[str, float], settings: Mapping[str, Any]) ->
         cells += [_fmt(key, table.get(key), given_percent=True) for table in published.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, list):
+        return f"{len(value)}" + "".join(f"\n  - {item}" for item in value)
+    return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 def _fmt(key: str, value: float | None, *, given_percent: bool = False) -> str:
