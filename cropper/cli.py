@@ -1,4 +1,4 @@
-"""The command line: ``cropper crop IMAGE...`` and ``cropper index build|info``."""
+"""The command line: ``cropper crop``, ``index``, ``eval`` and ``train-head``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cropper.tasks import TASKS
 log = logging.getLogger("cropper")
 
 
-def _none_or(value: str) -> str | None:
+def none_or(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
 
@@ -39,20 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # DEFAULT: the environment, else the documented default (see cropper.defaults).
     crop.add_argument(
-        "--vlm", default=DEFAULT, help="server URL, model id or folder (default: $CROPPER_VLM)"
+        "--vlm",
+        default=DEFAULT,
+        help="server URL, model id or folder (default: $CROPPER_VLM), or none: no VLM, the "
+        "aesthetic head ranks GAICD-style grid crops",
     )
     crop.add_argument(
         "--clip",
-        type=_none_or,
+        type=none_or,
         default=DEFAULT,
         help="open_clip model, e.g. ViT-L-14:openai, or none",
     )
     crop.add_argument(
-        "--head", type=_none_or, default=DEFAULT, help="aesthetic head weights, or none"
+        "--head", type=none_or, default=DEFAULT, help="aesthetic head weights, or none"
     )
     crop.add_argument(
         "--index",
-        type=_none_or,
+        type=none_or,
         default=DEFAULT,
         help="exemplar bank folder (default: $CROPPER_INDEX, else zero-shot)",
     )
@@ -67,9 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crop.set_defaults(run=run_crop)
 
+    from cropper.evaluation.commands import add_eval_commands
+    from cropper.training_commands import add_train_head_command
     from retrieval.commands import add_index_commands
 
     add_index_commands(commands)
+    add_eval_commands(commands)
+    add_train_head_command(commands)
     return parser
 
 
