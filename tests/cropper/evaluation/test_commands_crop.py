@@ -45,7 +45,8 @@ def test_the_loop_runs_through_a_server_and_keeps_secrets_out(
     with OpenAICompatibleServer(api_key="sk-secret-123") as server:
         argv = ["eval", "crop", "--dataset", "gaicd", "--root", str(gaicd_root), "--split",
                 "test", "--vlm", server.url, "--api-key", "sk-secret-123", "--clip", "none",
-                "--head", "none", "--index", "none", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+                "--head", "none", "--index", "none", "--out", str(tmp_path),
+                "--no-progress"]  # fmt: skip
         assert main(argv) == 0
         chats = len(server.chat_requests)
         url = server.url
