@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cropper.components import DEFAULT
-from cropper.errors import CropperError, VLMError
+from cropper.errors import CropperError
+from cropper.fileio import JsonLines, read_json_lines, save_image
 from cropper.tasks import TASKS
 
 log = logging.getLogger("cropper")
+
+#: The file in an output folder with one line per cropped photo; a rerun skips those.
+RESULTS = "results.jsonl"
 
 
 def none_or(value: str) -> str | None:
@@ -29,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     crop = commands.add_parser("crop", help="crop photos", description="Crop photos.")
-    crop.add_argument("images", nargs="+", metavar="IMAGE", help="photos to crop")
+    crop.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="photos, folders (subfolders too), globs ('shoot/*.jpg') or @list.txt",
+    )
     crop.add_argument("--task", choices=TASKS, default="free", help="the cropping task")
     crop.add_argument("--ratio", help="aspect ratio for --task aspect, e.g. 16:9")
     crop.add_argument(
@@ -62,7 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     crop.add_argument("--prompts", help="folder of prompt files (default: the shipped ones)")
     crop.add_argument("--coords", help="coordinate convention of the model (default norm1000)")
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
-    crop.add_argument("-o", "--out", help="output file (one photo) or folder (several)")
+    crop.add_argument(
+        "-o",
+        "--out",
+        help="output file (one photo) or folder (several): the folder gets the crops and "
+        "results.jsonl, a line a photo; run again to go on where it stopped",
+    )
+    crop.add_argument(
+        "--concurrency",
+        type=int,
+        help="photos cropped together: requests in flight on a server, batch size in-process "
+        "(default 16)",
+    )
     crop.add_argument(
         "--json",
         action="store_true",
@@ -81,10 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_crop(args: argparse.Namespace) -> int:
-    from cropper.fileio import save_image
+    from cropper.inputs import expand_inputs, output_paths, writes_a_folder
     from cropper.loop import Cropper
 
-    outputs = _output_paths(args.images, args.out)
+    inputs = expand_inputs(args.images)
+    outputs = output_paths(inputs, args.out)
+    log_path = Path(args.out) / RESULTS if writes_a_folder(inputs, args.out, outputs) else None
+    todo = _not_done(inputs, outputs, log_path)
+    if len(todo) < len(inputs):
+        print(
+            f"cropper: {len(inputs) - len(todo)} photos already done in {log_path}", file=sys.stderr
+        )
     settings = {"coords": args.coords} if args.coords else {}
     cropper = Cropper(
         vlm=args.vlm,
@@ -96,57 +124,53 @@ def run_crop(args: argparse.Namespace) -> int:
         **settings,
     )
     failures = 0
-    for image, out in zip(args.images, outputs, strict=True):
-        try:
-            result = cropper.crop(
-                image,
-                task=args.task,
-                subject=args.subject if args.task == "subject" else None,
-                ratio=args.ratio if args.task == "aspect" else None,
-            )
-            if out is not None:
-                save_image(result.image, out)
-        except VLMError as exc:
-            if exc.retryable:
-                raise  # the server is down or overloaded past retries: stop, not photo after photo
-            failures += 1
-            print(f"cropper: {image}: {exc}", file=sys.stderr)
-            continue
-        except CropperError as exc:
-            failures += 1
-            print(f"cropper: {exc}", file=sys.stderr)
-            continue
-        if args.json:
-            print(json.dumps(result.to_json()), flush=True)
-        else:
-            where = f" -> {out}" if out else ""
-            print(f"{image}: box {list(result.pixels)} score {result.score:.4f}{where}", flush=True)
+    with contextlib.ExitStack() as stack:
+        results_log = stack.enter_context(JsonLines(log_path)) if log_path else None
+        stack.callback(cropper.close)
+        stream = cropper.crop_stream(
+            [inputs[i].path for i in todo],
+            task=args.task,
+            subject=args.subject if args.task == "subject" else None,
+            ratio=args.ratio if args.task == "aspect" else None,
+            concurrency=args.concurrency,
+            progress=len(todo) > 1,
+        )
+        for position, result in stream:
+            index = todo[position]
+            image, out = inputs[index].path, outputs[index]
+            try:
+                if isinstance(result, CropperError):
+                    raise result
+                if out is not None:
+                    save_image(result.image, out)  # the crop first: its line says it is done
+            except CropperError as exc:
+                failures += 1
+                print(f"cropper: {image}: {exc}" if image not in str(exc) else f"cropper: {exc}",
+                      file=sys.stderr)  # fmt: skip
+                continue
+            summary = {**result.to_json(), "image": image}
+            if results_log is not None:
+                results_log.append(summary)
+            if args.json:
+                print(json.dumps(summary), flush=True)
+            else:
+                where = f" -> {out}" if out else ""
+                print(f"{image}: box {summary['box']} score {result.score:.4f}{where}", flush=True)
     if failures:
-        print(f"cropper: {failures} of {len(args.images)} photos failed", file=sys.stderr)
+        print(f"cropper: {failures} of {len(todo)} photos failed", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _output_paths(images: Sequence[str], out: str | None) -> list[Path | None]:
-    """Where each crop goes: ``out`` itself for one photo, ``out/<name>`` for several."""
-    from cropper.errors import ConfigError
-
-    if out is None:
-        return [None] * len(images)
-    target = Path(out)
-    if len(images) == 1 and not target.is_dir():
-        paths = [target]
-    else:
-        paths = [target / Path(image).name for image in images]
-    if len({os.path.realpath(p) for p in paths}) < len(paths):
-        raise ConfigError(
-            f"several photos share a file name, so their crops would overwrite each other in "
-            f"{target}; crop them in separate runs"
-        )
-    inputs = {os.path.realpath(i) for i in images}
-    for path in paths:
-        if os.path.realpath(path) in inputs:
-            raise ConfigError(f"output {path} would overwrite an input photo; choose another -o")
-    return paths
+def _not_done(inputs: Sequence[Any], outputs: Sequence[Path | None], log: Path | None) -> list[int]:
+    """Positions of the photos still to crop: those with no line in ``log`` and crop file."""
+    if log is None:
+        return list(range(len(inputs)))
+    done = {str(r.get("image")) for r in read_json_lines(log)}
+    return [
+        i
+        for i, (item, out) in enumerate(zip(inputs, outputs, strict=True))
+        if not (item.path in done and out is not None and out.exists())
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

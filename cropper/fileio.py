@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 
 def _read_umask() -> int:
@@ -54,3 +58,55 @@ def save_image(image: Image.Image, path: str | os.PathLike, quality: int = 95) -
     options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     with atomic_path(target) as tmp:
         image.save(tmp, format=fmt, **options)
+
+
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The objects of a JSONL file that a run appends to, one a line.
+
+    A last line torn by a kill (no newline) is cut off the file, so that the next
+    append starts a whole line; a line that is not a JSON object is skipped, with a
+    warning. A missing file has no lines.
+    """
+    target = Path(path)
+    if not target.is_file():
+        return []
+    data = target.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(target, "r+b") as handle:
+            handle.truncate(cut)
+        log.warning("%s: dropped a line torn by an interrupted run", target)
+        data = data[:cut]
+    out = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        elif line.strip():
+            log.warning("%s:%d: not a JSON object; ignored", target, number)
+    return out
+
+
+class JsonLines:
+    """Appends objects to a JSONL file, each line flushed and synced as it is written."""
+
+    def __init__(self, path: str | os.PathLike):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def append(self, record: dict) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())  # a kill after this loses nothing
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> JsonLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

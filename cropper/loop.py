@@ -7,8 +7,10 @@ the best crop with every candidate and the trace of rounds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cropper import components
+from cropper.batching import Embed, Generate, Score, Server, Steps, drive_many, drive_one
 from cropper.boxes import Box, dedupe, fit_aspect
-from cropper.errors import ConfigError
+from cropper.errors import ConfigError, CropperError
 from cropper.exemplars import ExemplarSource, PromptExemplar
 from cropper.images import ImageInput, fit_within, load_image
 from cropper.messages import Conversation
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT = components.DEFAULT
+#: Photos a batch takes through the loop together when no concurrency is given.
+DEFAULT_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ class Cropper:
         self.scorer = Scorer(self.embedder, components.make_head(head, self.embedder))
         self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key)
         self._exemplars = ExemplarSource(self.index) if self.index else None
+        self._server = Server(self.vlm, self.embedder, self.scorer)
         self._no_vlm: HeadGridCrop | None = None
         if self.vlm is None:
             from cropper.baselines import HeadGridCrop
@@ -146,6 +152,87 @@ class Cropper:
         cfg = self.config.replace(**settings) if settings else self.config
         if self._no_vlm is not None:
             return self._no_vlm.crop(image, task, subject=subject, ratio=ratio)
+        return drive_one(self._steps(image, task, subject, ratio, cfg), self._server)
+
+    def crop_batch(
+        self,
+        images: Sequence[ImageInput],
+        task: str = "free",
+        *,
+        subject: Any = None,
+        ratio: Any = None,
+        concurrency: int | None = None,
+        progress: bool = False,
+        **settings: Any,
+    ) -> list[CropResult | CropperError]:
+        """Crop many photos, their rounds moving together; results in the order given.
+
+        Every photo's round-k prompts go to the VLM in one call (batched in-process, up to
+        ``concurrency`` requests in flight on a server) and every photo's crops are scored
+        in one embedder pass. A photo that cannot be cropped gets its
+        :class:`CropperError` in its place; the others are still cropped. ``subject`` and
+        ``ratio`` apply to every photo.
+        """
+        results: list[CropResult | CropperError | None] = [None] * len(images)
+        for i, result in self.crop_stream(
+            images,
+            task,
+            subject=subject,
+            ratio=ratio,
+            concurrency=concurrency,
+            progress=progress,
+            **settings,
+        ):
+            results[i] = result
+        return results  # type: ignore[return-value]
+
+    def crop_stream(
+        self,
+        images: Sequence[ImageInput],
+        task: str = "free",
+        *,
+        subject: Any = None,
+        ratio: Any = None,
+        concurrency: int | None = None,
+        progress: bool = False,
+        **settings: Any,
+    ) -> Iterator[tuple[int, CropResult | CropperError]]:
+        """:meth:`crop_batch`, yielding ``(position, result)`` as each photo is done.
+
+        Photos go through in chunks of ``concurrency`` (default 16) so a folder of
+        thousands is never all in memory, and results can be saved as they come.
+        """
+        cfg = self.config.replace(**settings) if settings else self.config
+        check_request(task, subject=subject, ratio=ratio)  # a bad request fails before any work
+        chunk = max(1, concurrency or DEFAULT_CHUNK)
+        with _in_flight(self.vlm, concurrency), _progress_bar(len(images), progress) as bar:
+            for start in range(0, len(images), chunk):
+                positions = range(start, min(start + chunk, len(images)))
+                if self._no_vlm is not None:
+                    stream = self._crop_each_without_vlm(images, positions, task, subject, ratio)
+                else:
+                    steps = {
+                        i: self._steps(images[i], task, subject, ratio, cfg) for i in positions
+                    }
+                    stream = drive_many(steps, self._server)
+                for i, result in stream:
+                    bar.update(1)
+                    yield i, result
+
+    def _crop_each_without_vlm(
+        self, images: Sequence[ImageInput], positions: range, task: str, subject: Any, ratio: Any
+    ) -> Iterator[tuple[int, CropResult | CropperError]]:
+        assert self._no_vlm is not None
+        for i in positions:
+            try:
+                yield i, self._no_vlm.crop(images[i], task, subject=subject, ratio=ratio)
+            except CropperError as exc:
+                yield i, exc
+
+    def _steps(
+        self, image: ImageInput, task: str, subject: Any, ratio: Any, cfg: CropConfig
+    ) -> Steps:
+        """One photo's loop; it yields what it needs from the models (see cropper.batching)."""
         task, ratio_ = check_request(task, subject=subject, ratio=ratio)
         photo = load_image(image)
         query = PromptPhoto(fit_within(photo, cfg.query_side), key=_name(image))
@@ -153,8 +240,8 @@ class Cropper:
 
         subject_ = None
         if task == "subject":
-            subject_ = self._find_subject(subject, photo, query, cfg, trace)
-        embedding = self._embed(photo, task)
+            subject_ = yield from self._find_subject(subject, photo, query, cfg, trace)
+        embedding = yield from self._embed(photo, task)
         exemplars = self._retrieve(embedding, task, subject_, ratio_, cfg)
 
         variables = dict(
@@ -171,12 +258,14 @@ class Cropper:
                 candidates=self._feedback(photo, feedback, cfg),
                 **variables,
             )
-            replies, boxes, notes = self._propose(prompt, query.size, photo.size, ratio_, cfg)
+            replies, boxes, notes = yield from self._propose(
+                prompt, query.size, photo.size, ratio_, cfg
+            )
             source = "vlm"
             if not boxes:
                 boxes, source = self._fallback(all_candidates, photo.size, ratio_)
                 notes.append(f"no valid box after {1 + cfg.retries} tries: fell back to {source}")
-            scores = self.scorer.score(photo, boxes, task, image_embedding=embedding)
+            scores = yield Score(photo, boxes, task, embedding)
             round_candidates = tuple(
                 Candidate(b, s.total, dict(s.terms), k, "vlm" if source == "vlm" else "fallback")
                 for b, s in zip(boxes, scores, strict=True)
@@ -202,12 +291,12 @@ class Cropper:
         )
 
     # -- steps -----------------------------------------------------------------
-    def _embed(self, photo: Any, task: str) -> np.ndarray | None:
+    def _embed(self, photo: Any, task: str) -> Generator[Embed, Any, np.ndarray | None]:
         """The query's embedding, once, when retrieval or the content term needs it."""
         needed = self.index is not None or "content" in self.scorer.active_weights(task)
         if self.embedder is None or not needed:
             return None
-        return self.embedder.embed([photo])[0]
+        return (yield Embed(photo))
 
     def _retrieve(
         self,
@@ -245,7 +334,7 @@ class Cropper:
         photo_size: tuple[int, int],
         ratio: Ratio | None,
         cfg: CropConfig,
-    ) -> tuple[list[str], list[Box], list[str]]:
+    ) -> Generator[Generate, Any, tuple[list[str], list[Box], list[str]]]:
         """Ask for crops, retrying a round whose replies hold no valid box."""
         sampling = self._sampling(
             cfg.samples, boxes_schema(cfg.crops, cfg.coords, query_size), cfg, cfg.temperature
@@ -255,7 +344,7 @@ class Cropper:
         for attempt in range(1 + cfg.retries):
             if attempt and sampling.seed is not None:  # a retry with the same seed repeats itself
                 sampling = dataclasses.replace(sampling, seed=sampling.seed + attempt)
-            new = self.vlm.generate([prompt], sampling)[0]
+            new = yield Generate(prompt, sampling)
             replies.extend(new)
             parsed = [parse_reply(r, cfg.coords, query_size) for r in new]
             boxes = [b for p in parsed for b in p.boxes]
@@ -296,7 +385,7 @@ class Cropper:
 
     def _find_subject(
         self, spec: Any, photo: Any, query: PromptPhoto, cfg: CropConfig, trace: list[Round]
-    ) -> Subject:
+    ) -> Generator[Generate, Any, Subject]:
         """The subject as given, or found by asking the VLM to ground it."""
         found = subject_from_spec(spec, photo.size)
         if isinstance(found, Subject):
@@ -306,7 +395,7 @@ class Cropper:
             "subject", "ground", coords=cfg.coords, query=query, subject_text=text
         )
         sampling = self._sampling(1, ground_schema(cfg.coords), cfg, 0.0)
-        replies = self.vlm.generate([prompt], sampling)[0]
+        replies = yield Generate(prompt, sampling)
         boxes = [b for r in replies for b in parse_boxes(r, cfg.coords, query.size)]
         if boxes:
             subject = Subject(boxes[0].center, boxes[0], text, "text" if text else "auto")
@@ -326,6 +415,38 @@ class Cropper:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _in_flight(vlm: Any, concurrency: int | None) -> Iterator[None]:
+    """Let a server backend keep ``concurrency`` requests in flight for this batch."""
+    if concurrency is None or not hasattr(vlm, "max_concurrency"):
+        yield
+        return
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+    before = vlm.max_concurrency
+    vlm.max_concurrency = concurrency
+    try:
+        yield
+    finally:
+        vlm.max_concurrency = before
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield _NoBar()
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="cropping", unit="photo", disable=None) as bar:
+        yield bar
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
 
 
 def _name(image: ImageInput) -> str:

@@ -60,7 +60,7 @@ class Score:
 
 
 class Scorer:
-    """Scores crops of one photo per call, with one batched embedder pass."""
+    """Scores crops of one photo, or of many, with one batched embedder pass per call."""
 
     def __init__(
         self,
@@ -134,48 +134,75 @@ class Scorer:
         image_embedding: np.ndarray | None = None,
     ) -> list[Score]:
         """Score each box of ``image`` for ``task``; one embedder call covers all of them."""
-        weights = self.active_weights(task)
-        if not boxes:
-            return []
-        terms: dict[str, np.ndarray] = {}
-        if "area" in weights:
-            terms["area"] = np.array([box.area for box in boxes], dtype=np.float64)
-        if "aesthetic" in weights or "content" in weights:
-            crops, whole = self._embed(image, boxes, image_embedding, "content" in weights)
-            if "aesthetic" in weights:
+        return self.score_many([(image, boxes, task, image_embedding)])[0]
+
+    def score_many(
+        self, items: Sequence[tuple[Image.Image, Sequence[Box], str, np.ndarray | None]]
+    ) -> list[list[Score]]:
+        """Score the boxes of several photos, ``(image, boxes, task, image_embedding)`` each.
+
+        One embedder call covers every crop of every photo, so a batch of photos costs
+        one batched forward pass instead of one per photo.
+        """
+        weights = [self.active_weights(task) for _, _, task, _ in items]
+        needs = [
+            bool(boxes) and ("aesthetic" in w or "content" in w)
+            for (_, boxes, _, _), w in zip(items, weights, strict=True)
+        ]
+        wants_whole = [need and "content" in w for need, w in zip(needs, weights, strict=True)]
+        crops, wholes = self._embed(items, needs, wants_whole)
+        out: list[list[Score]] = []
+        for i, (_, boxes, _, _) in enumerate(items):
+            terms: dict[str, np.ndarray] = {}
+            if "area" in weights[i]:
+                terms["area"] = np.array([box.area for box in boxes], dtype=np.float64)
+            if needs[i] and "aesthetic" in weights[i]:
                 assert self.head is not None  # active_weights keeps aesthetic only with a head
-                terms["aesthetic"] = self.head.score(crops)
-            if "content" in weights:
-                terms["content"] = np.clip(crops @ whole, 0.0, 1.0)
-        norm = sum(weights.values())
-        scores = []
-        for i in range(len(boxes)):
-            row = {t: float(v[i]) for t, v in terms.items()}
-            total = sum(weights[t] * row[t] for t in row) / norm
-            scores.append(Score(total=float(total), terms=row))
-        return scores
+                terms["aesthetic"] = self.head.score(crops[i])
+            if needs[i] and "content" in weights[i]:
+                terms["content"] = np.clip(crops[i] @ wholes[i], 0.0, 1.0)
+            norm = sum(weights[i].values())
+            scores = []
+            for j in range(len(boxes)):
+                row = {t: float(v[j]) for t, v in terms.items()}
+                total = sum(weights[i][t] * row[t] for t in row) / norm
+                scores.append(Score(total=float(total), terms=row))
+            out.append(scores)
+        return out
 
     def _embed(
         self,
-        image: Image.Image,
-        boxes: Sequence[Box],
-        image_embedding: np.ndarray | None,
-        need_whole: bool,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Unit embeddings of the crops and (when needed) of the whole photo, in one call."""
+        items: Sequence[tuple[Image.Image, Sequence[Box], str, np.ndarray | None]],
+        needs: Sequence[bool],
+        wants_whole: Sequence[bool],
+    ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+        """Unit embeddings of each photo's crops and (when wanted) of the photo, in one call."""
+        crops_of: list[np.ndarray | None] = [None] * len(items)
+        whole_of: list[np.ndarray | None] = [None] * len(items)
+        if not any(needs):
+            return crops_of, whole_of
         assert self.embedder is not None
         dim = self.embedder.dim
-        images = [image.crop(box.to_pixels(image.size)) for box in boxes]
-        whole = None
-        if need_whole and image_embedding is not None:
-            whole = np.asarray(image_embedding, dtype=np.float64).reshape(-1)
-            if whole.shape != (dim,):
-                raise ConfigError(
-                    f"image_embedding must have {dim} values (the embedder's dim), "
-                    f"got shape {np.shape(image_embedding)}"
-                )
-        elif need_whole:
-            images.append(image)
+        images: list[Image.Image] = []
+        spans: list[tuple[int, int, int]] = []  # item, first crop row, whole's row or -1
+        for i, (image, boxes, _, given) in enumerate(items):
+            if not needs[i]:
+                continue
+            first = len(images)
+            images += [image.crop(box.to_pixels(image.size)) for box in boxes]
+            whole_row = -1
+            if wants_whole[i] and given is not None:
+                whole = np.asarray(given, dtype=np.float64).reshape(-1)
+                if whole.shape != (dim,):
+                    raise ConfigError(
+                        f"image_embedding must have {dim} values (the embedder's dim), "
+                        f"got shape {np.shape(given)}"
+                    )
+                whole_of[i] = _unit(whole[None])[0]
+            elif wants_whole[i]:
+                whole_row = len(images)
+                images.append(image)
+            spans.append((i, first, whole_row))
         out = np.asarray(self.embedder.embed(images), dtype=np.float64)
         if out.shape != (len(images), dim):
             raise ConfigError(
@@ -183,10 +210,11 @@ class Scorer:
                 f"images, expected ({len(images)}, {dim})"
             )
         out = _unit(out)
-        if need_whole and whole is None:
-            whole = out[-1]
-            out = out[:-1]
-        return out, (None if whole is None else _unit(whole[None])[0])
+        for i, first, whole_row in spans:
+            crops_of[i] = out[first : first + len(items[i][1])]
+            if whole_row >= 0:
+                whole_of[i] = out[whole_row]
+        return crops_of, whole_of
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

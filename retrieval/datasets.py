@@ -48,6 +48,7 @@ from typing import Any
 
 from cropper.boxes import Box, Size
 from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.inputs import PHOTO_SUFFIXES
 from retrieval.exemplars import (
     PHOTO_ERRORS,
     Exemplar,
@@ -65,7 +66,6 @@ PixelBox = tuple[float, float, float, float]
 PathLike = str | os.PathLike
 
 #: File suffixes looked at as photos when searching a folder.
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 #: GAICD's single-JSON boxes are pixels of the photos scaled to this long side.
 GAICD_LONG_SIDE = 1024
 #: A GAICD crop with this MOS was not rated: skipped.

@@ -19,7 +19,6 @@ The protocol, since the paper publishes none:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 from cropper import metrics
 from cropper.boxes import Box, Size
 from cropper.errors import ConfigError, CropperError, VLMError
+from cropper.fileio import JsonLines, read_json_lines
 from cropper.result import CropResult
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def run_split(
     outcome = RunOutcome(resumed=len(photos) - len(todo))
     if outcome.resumed:
         log.info("resuming: %d of %d photos already done", outcome.resumed, len(photos))
-    with open(folder / PREDICTIONS, "a", encoding="utf-8") as sink:
+    with JsonLines(folder / PREDICTIONS) as sink:
         for photo in _progress(todo, progress):
             try:
                 result = method.crop(photo.path, task=task, **photo.request(task))
@@ -162,34 +162,20 @@ def run_split(
                 "box": [round(v, 2) for v in photo.pixels(result.box)],
                 "score": round(float(result.score), 6),
             }
-            sink.write(json.dumps(line) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())  # a kill after this line loses nothing
+            sink.append(line)
             outcome.cropped += 1
     return outcome
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     """The predictions written so far, by image name; a torn last line is cut off."""
-    if not path.is_file():
-        return {}
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):  # killed mid-line: keep only whole lines
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as handle:
-            handle.truncate(cut)
-        log.warning("%s: dropped a line torn by an interrupted run", path)
-        data = data[:cut]
     out: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-        try:
-            record = json.loads(line)
-            box = record["box"]
-            if not isinstance(record["image"], str) or len(box) != 4:
-                raise ValueError
+    for record in read_json_lines(path):
+        box = record.get("box")
+        if isinstance(record.get("image"), str) and isinstance(box, list) and len(box) == 4:
             out[record["image"]] = record
-        except (ValueError, KeyError, TypeError):
-            log.warning("%s:%d: not a prediction line; ignored (it will be redone)", path, number)
+        else:
+            log.warning("%s: %s is not a prediction; ignored (it will be redone)", path, record)
     return out
 
 

@@ -60,7 +60,9 @@ def test_a_bad_photo_fails_alone(server, photos, tmp_path, capsys):
     code = run(server, photos[0], bad, missing, photos[1], "-o", out)
     captured = capsys.readouterr()
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["p0.jpg", "p1.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["p0.jpg", "p1.jpg", "results.jsonl"]
+    logged = [json.loads(x)["image"] for x in (out / "results.jsonl").read_text().splitlines()]
+    assert logged == [str(photos[0]), str(photos[1])]
     errors = captured.err.strip().splitlines()
     assert any(str(bad) in e and "not an image" in e for e in errors)
     assert any(str(missing) in e and "no such file" in e for e in errors)

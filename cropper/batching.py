@@ -1,0 +1,142 @@
+"""Many photos' loops in lockstep: each round's model calls go out together, batched.
+
+The loop is written once, as a generator that yields what it needs from the models
+(:class:`Generate`, :class:`Embed`, :class:`Score`) and receives the answer. One photo
+is driven by answering each request at once (:func:`drive_one`); many photos by
+advancing every photo to its next request, then answering all the requests of a kind
+with one call (:func:`drive_many`): one ``vlm.generate`` for every photo's round-k
+prompts (in-process backends batch them, the server backend keeps them in flight
+together), one embedder pass for every photo's crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cropper.errors import CropperError, VLMError
+from cropper.messages import Conversation
+from cropper.vlm.base import Sampling
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Replies to ``prompt``: answered with ``sampling.n`` reply strings."""
+
+    prompt: Conversation
+    sampling: Sampling
+
+
+@dataclass(frozen=True)
+class Embed:
+    """The embedding of a photo: answered with a vector."""
+
+    photo: Any
+
+
+@dataclass(frozen=True)
+class Score:
+    """Scores of ``boxes`` of ``photo`` for ``task``: answered with a list of scores."""
+
+    photo: Any
+    boxes: Sequence[Any]
+    task: str
+    embedding: np.ndarray | None
+
+
+Request = Generate | Embed | Score
+Steps = Generator[Request, Any, Any]  # yields requests, receives answers, returns a result
+
+
+class Server:
+    """Answers a list of requests with as few model calls as it can."""
+
+    def __init__(self, vlm: Any, embedder: Any, scorer: Any):
+        self.vlm, self.embedder, self.scorer = vlm, embedder, scorer
+
+    def answer(self, requests: Sequence[Request]) -> list[Any]:
+        """One answer per request, in order; an error that hits a call is each one's answer."""
+        answers: list[Any] = [None] * len(requests)
+        for kind, call in ((Generate, self._generate), (Embed, self._embed), (Score, self._score)):
+            positions = [i for i, r in enumerate(requests) if isinstance(r, kind)]
+            for group in _alike(positions, requests):
+                try:
+                    results = call([requests[i] for i in group])
+                except VLMError as exc:
+                    if exc.retryable:
+                        raise  # the server is gone: every photo would fail the same way
+                    results = [exc] * len(group)
+                except CropperError as exc:
+                    results = [exc] * len(group)
+                for i, result in zip(group, results, strict=True):
+                    answers[i] = result
+        return answers
+
+    def _generate(self, requests: list[Generate]) -> list[list[str]]:
+        return self.vlm.generate([r.prompt for r in requests], requests[0].sampling)
+
+    def _embed(self, requests: list[Embed]) -> list[np.ndarray]:
+        return list(self.embedder.embed([r.photo for r in requests]))
+
+    def _score(self, requests: list[Score]) -> list[list[Any]]:
+        return self.scorer.score_many([(r.photo, r.boxes, r.task, r.embedding) for r in requests])
+
+
+def _alike(positions: list[int], requests: Sequence[Request]) -> list[list[int]]:
+    """Positions grouped so that one call serves each group: Generate needs equal sampling."""
+    groups: list[list[int]] = []
+    for i in positions:
+        request = requests[i]
+        for group in groups:
+            first = requests[group[0]]
+            if not isinstance(request, Generate) or request.sampling == first.sampling:  # type: ignore[union-attr]
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def drive_one(steps: Steps, server: Server) -> Any:
+    """Run one photo's loop, answering each request as it comes; returns its result."""
+    for _, result in drive_many({0: steps}, server):
+        if isinstance(result, BaseException):
+            raise result
+        return result
+    raise AssertionError("a loop ended without a result")  # drive_many yields every key
+
+
+def drive_many(steps: dict[int, Steps], server: Server) -> Iterator[tuple[int, Any]]:
+    """Run many photos' loops in lockstep; yields ``(key, result or CropperError)`` as each ends.
+
+    A photo whose loop raises a :class:`CropperError` yields that error and the others go
+    on; an unreachable server (a retryable :class:`VLMError`) stops them all.
+    """
+    waiting: dict[int, Request] = {}
+    answers: dict[int, Any] = dict.fromkeys(steps)
+    while answers:
+        finished: list[tuple[int, Any]] = []
+        for key, answer in answers.items():
+            try:
+                if isinstance(answer, BaseException):
+                    waiting[key] = steps[key].throw(answer)
+                else:
+                    waiting[key] = steps[key].send(answer)
+            except StopIteration as done:
+                finished.append((key, done.value))
+            except VLMError as exc:
+                if exc.retryable:
+                    raise
+                finished.append((key, exc))
+            except CropperError as exc:
+                finished.append((key, exc))
+        yield from finished
+        if not waiting:
+            return
+        keys = list(waiting)
+        results = server.answer([waiting[k] for k in keys])
+        answers = dict(zip(keys, results, strict=True))
+        waiting = {}
