@@ -3,7 +3,10 @@
 It speaks the real wire format (``GET /v1/models``, ``POST /v1/chat/completions``)
 and validates requests as strictly as a real server, so a client that passes here
 sends what vLLM accepts. Replies come from a pluggable ``responder``; queued
-:class:`Fault` objects make chat requests fail in the ways servers do.
+:class:`Fault` objects make chat requests fail in the ways servers do. ``latency``
+and ``slots`` make it behave like a loaded model server: each chat request takes
+``latency`` seconds in one of ``slots`` batch slots, the rest wait in a queue, so
+it answers at most ``slots / latency`` requests a second (``ideal_throughput``).
 
     with OpenAICompatibleServer(faults=[Fault(status=503)]) as server:
         vlm = OpenAIServerVLM(server.url)
@@ -25,14 +28,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Union
 
 from PIL import Image
 
 #: Makes ``n`` reply texts (``None`` for a null content) from a chat request body.
 Responder = Callable[[dict[str, Any]], Sequence[str | None]]
+#: Seconds a chat request takes: a constant, or computed from the request body.
+Latency = Union[float, Callable[[dict[str, Any]], float]]  # noqa: UP007 (runtime alias)
 
 _MAX_BODY = 64 * 1024 * 1024  # bytes; larger requests get 413
+# Pending connections the socket queues; the socketserver default of 5 drops
+# (and so delays by a SYN retry) most of a burst of concurrent clients.
+_BACKLOG = 1024
 _ROLES = {"system", "user", "assistant", "developer", "tool"}
 _KNOWN_FIELDS = {
     "model",
@@ -267,7 +275,10 @@ class OpenAICompatibleServer:
 
     ``faults`` queue up misbehaviours, one used per chat request. ``requests``
     records every request received; ``max_in_flight`` the most chat requests
-    handled at once. ``api_key``, when set, is required as a Bearer token.
+    received and not yet answered at once (queued ones included), ``max_busy``
+    the most holding a slot at once. ``latency`` (seconds, or a function of the
+    request body) is how long a valid chat request holds one of ``slots`` slots
+    (``None``: unlimited). ``api_key``, when set, is required as a Bearer token.
     """
 
     def __init__(
@@ -277,12 +288,23 @@ class OpenAICompatibleServer:
         responder: Responder | None = None,
         faults: Iterable[Fault] = (),
         api_key: str | None = None,
+        latency: Latency = 0.0,
+        slots: int | None = None,
     ):
         if not models:
             raise ValueError("the server must serve at least one model")
+        if slots is not None and slots < 1:
+            raise ValueError(f"slots must be at least 1 or None (unlimited); got {slots}")
+        if not callable(latency) and latency < 0:
+            raise ValueError(f"latency must be >= 0 seconds; got {latency}")
         self.models = list(models)
         self.responder = responder or default_responder
         self.api_key = api_key
+        self.latency = latency
+        self.slots = slots
+        self._slots = threading.BoundedSemaphore(slots) if slots is not None else None
+        self._busy = 0
+        self.max_busy = 0
         self._faults: deque[Fault] = deque(faults)
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -299,7 +321,8 @@ class OpenAICompatibleServer:
             return self
         self._stopping.clear()
         handler = type("Handler", (_Handler,), {"app": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": _BACKLOG})
+        self._httpd = server_class(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -334,6 +357,16 @@ class OpenAICompatibleServer:
     def url(self) -> str:
         """The API root to give a client: ``http://127.0.0.1:PORT/v1``."""
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def ideal_throughput(self) -> float:
+        """Chat requests a second when every slot is always busy: ``slots / latency``.
+
+        Needs a fixed latency above zero and a number of slots.
+        """
+        if self.slots is None or callable(self.latency) or self.latency <= 0:
+            raise ValueError("ideal_throughput needs slots and a fixed latency above zero")
+        return self.slots / self.latency
 
     # ------------------------------------------------------------------ state
 
@@ -372,10 +405,34 @@ class OpenAICompatibleServer:
         with self._lock:
             self._in_flight -= 1
 
+    def _work(self, body: dict[str, Any]) -> list[str | None] | None:
+        """The responder's replies after ``latency`` in a slot; ``None`` when stopping."""
+        if self._slots is not None:
+            # Wait for a slot like a queued request does, but give up when stopping.
+            while not self._slots.acquire(timeout=0.05):
+                if self._stopping.is_set():
+                    return None
+        try:
+            with self._lock:
+                self._busy += 1
+                self.max_busy = max(self.max_busy, self._busy)
+            latency = self.latency(body) if callable(self.latency) else self.latency
+            if latency > 0 and self._stopping.wait(latency):
+                return None
+            return list(self.responder(body))
+        finally:
+            with self._lock:
+                self._busy -= 1
+            if self._slots is not None:
+                self._slots.release()
+
 
 class _Handler(BaseHTTPRequestHandler):
     app: OpenAICompatibleServer  # set on the per-server subclass
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    # Headers and body go out in two writes: with Nagle's algorithm on, the body
+    # waits for the client's delayed ACK (tens of ms) on every reply.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests read ``requests`` instead of stderr."""
@@ -433,7 +490,10 @@ class _Handler(BaseHTTPRequestHandler):
             validate_chat_request(body, self.app.models)
         except RequestError as exc:
             return self._error(exc)
-        texts = list(self.app.responder(body))
+        texts = self.app._work(body)
+        if texts is None:
+            self.close_connection = True
+            return  # stopping: give up on the reply
         self._json(200, _completion(body["model"], texts, prompt_bytes=len(raw)))
 
     # ------------------------------------------------------------------ helpers

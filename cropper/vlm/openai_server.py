@@ -1,10 +1,14 @@
 """The OpenAI-compatible server backend: vLLM, SGLang or any ``/v1/chat/completions``.
 
-One ``POST /chat/completions`` per conversation asks for ``n`` replies; requests
-run concurrently (up to ``max_concurrency`` in flight) so a server with many
-replicas behind one URL stays busy. Failures that may pass (connection errors,
-timeouts, 408, 429, 5xx) are retried with exponential backoff and jitter,
-honouring ``Retry-After``; the rest fail at once with the server's own message.
+One ``POST /chat/completions`` per conversation asks for ``n`` replies; up to
+``concurrency`` requests are in flight at once, so a server batching many
+sequences (or many replicas behind one URL) stays busy. Requests run on one
+background event loop that lives as long as the backend, over connections kept
+open between ``generate`` calls; each photo is encoded once and its data URL
+reused by later prompts (exemplars recur across rounds and photos). Failures
+that may pass (connection errors, timeouts, 408, 429, 5xx) are retried with
+exponential backoff and jitter, honouring ``Retry-After``; the rest fail at
+once with the server's own message.
 
 The payload is built by pure functions (:func:`to_openai_messages`,
 :func:`build_chat_request`), testable without a server.
@@ -15,13 +19,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import email.utils
 import io
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Awaitable, Coroutine, Sequence
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Coroutine, Hashable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,6 +57,8 @@ _MAX_RETRY_AFTER = 60.0
 _CONNECT_TIMEOUT = 10.0
 # Server messages longer than this are cut in error lines.
 _MAX_MESSAGE = 300
+# Seconds to wait for the background loop to wind down on close.
+_CLOSE_WAIT = 5.0
 
 
 # --------------------------------------------------------------------------- payload
@@ -88,20 +98,63 @@ def encode_image(image: Image.Image, image_format: str = "JPEG", quality: int = 
     return f"data:{IMAGE_MIME[fmt]};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
+class ImageURLCache:
+    """Data URLs of recently sent photos, least recently used dropped past ``max_bytes``.
+
+    A photo with a ``key`` is known by its key and size (in cropper the same key
+    and size mean the same pixels: an exemplar's path and side, a query's path);
+    one without by the image object itself, held weakly so that a new image
+    reusing a dead one's ``id`` is never mistaken for it. Thread-safe.
+    """
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes = max_bytes
+        self._urls: OrderedDict[Hashable, tuple[str, weakref.ref | None]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._urls)
+
+    def url(self, part: ImagePart, image_format: str = "JPEG") -> str:
+        """The data URL of ``part``'s image, encoded now only if not cached."""
+        image = part.image
+        if part.key:
+            ident: Hashable = ("key", part.key, image.size, image_format)
+        else:
+            ident = ("object", id(image), image_format)
+        with self._lock:
+            hit = self._urls.get(ident)
+            if hit is not None and (hit[1] is None or hit[1]() is image):
+                self._urls.move_to_end(ident)
+                return hit[0]
+        url = encode_image(image, image_format)  # outside the lock: the slow part
+        with self._lock:
+            old = self._urls.pop(ident, None)
+            if old is not None:
+                self._bytes -= len(old[0])
+            self._urls[ident] = (url, None if part.key else weakref.ref(image))
+            self._bytes += len(url)
+            while self._bytes > self.max_bytes and len(self._urls) > 1:
+                _, (dropped, _ref) = self._urls.popitem(last=False)
+                self._bytes -= len(dropped)
+        return url
+
+
 def to_openai_messages(
     conversation: Conversation,
     image_format: str = "JPEG",
     *,
-    cache: dict[object, str] | None = None,
+    cache: ImageURLCache | None = None,
 ) -> list[dict[str, Any]]:
     """The OpenAI chat ``messages`` of a conversation.
 
     A message of text alone is sent as a plain string (every server and chat
     template accepts that); one with images as a list of ``text`` and
-    ``image_url`` parts. ``cache`` maps an image (its ``key``, else the object)
-    to its data URL, so a photo shared by several conversations is encoded once.
+    ``image_url`` parts. ``cache`` keeps the data URLs, so a photo shared by
+    several conversations, or sent again later, is encoded once.
     """
-    cache = {} if cache is None else cache
+    cache = ImageURLCache() if cache is None else cache
     messages: list[dict[str, Any]] = []
     for message in conversation:
         if all(isinstance(p, TextPart) for p in message.parts):
@@ -110,10 +163,8 @@ def to_openai_messages(
         content: list[dict[str, Any]] = []
         for part in message.parts:
             if isinstance(part, ImagePart):
-                ident = part.key or id(part.image)
-                if ident not in cache:
-                    cache[ident] = encode_image(part.image, image_format)
-                content.append({"type": "image_url", "image_url": {"url": cache[ident]}})
+                url = cache.url(part, image_format)
+                content.append({"type": "image_url", "image_url": {"url": url}})
             else:
                 content.append({"type": "text", "text": part.text})
         messages.append({"role": message.role, "content": content})
@@ -255,6 +306,86 @@ class _BackoffOrRetryAfter(tenacity.wait.wait_base):
         return self.backoff(retry_state)
 
 
+# --------------------------------------------------------------------------- event loop
+
+
+class _Loop:
+    """A background event loop thread and the connections it keeps open.
+
+    ``generate`` is called from sync code (scripts, worker threads, notebooks
+    whose own loop is busy). One long-lived loop lets connections outlive a call,
+    where ``asyncio.run`` per call would close them. Each connection is its own
+    single-connection client: httpx's shared pool costs CPU that grows with the
+    connections it holds (encode/httpx#3215), 4x more per request at 32 in flight.
+    """
+
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._idle: list[httpx.AsyncClient] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._size = 0
+        # Loading the CA bundle takes tens of ms: once, not once per connection.
+        self._tls = httpx.create_ssl_context()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="cropper-openai-server", daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def usable(self) -> bool:
+        """False in a forked child (the thread did not come along) or after ``close``."""
+        return self.pid == os.getpid() and self.thread.is_alive()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    @contextlib.asynccontextmanager
+    async def lane(self, concurrency: int) -> AsyncIterator[httpx.AsyncClient]:
+        """One of ``concurrency`` request slots, with a connection of its own."""
+        if self._slots is None or self._size != concurrency:
+            # A changed bound holds from now on; requests in flight finish under the old one.
+            self._slots, self._size = asyncio.Semaphore(concurrency), concurrency
+        async with self._slots:
+            client = self._idle.pop() if self._idle else self._client()
+            try:
+                yield client
+            finally:
+                if len(self._idle) < self._size:
+                    self._idle.append(client)
+                else:
+                    await client.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        return httpx.AsyncClient(limits=limits, headers=self.headers, verify=self._tls)
+
+    def close(self) -> None:
+        """Cancel what is in flight, close the connections and stop the thread."""
+        if not self.usable:
+            return
+        if threading.current_thread() is self.thread:
+            self.loop.call_soon(self.loop.stop)  # cannot wait for itself
+            return
+        try:
+            self.submit(self._shutdown()).result(timeout=_CLOSE_WAIT)
+        except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+            log.debug("closing the server backend's connections: %s", exc)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(_CLOSE_WAIT)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+    async def _shutdown(self) -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(c.aclose() for c in idle), return_exceptions=True)
+
+
 # --------------------------------------------------------------------------- backend
 
 
@@ -265,7 +396,10 @@ class OpenAIServerVLM(VLM):
     to a bare ``http://host:port``). ``model`` defaults to the first the server
     lists at ``GET /models``; a named model is checked against that list. The
     API key comes from ``api_key``, else ``CROPPER_API_KEY``, else
-    ``OPENAI_API_KEY``, and is sent as a Bearer token only.
+    ``OPENAI_API_KEY``, and is sent as a Bearer token only. ``concurrency`` (the
+    command line's ``--concurrency``; ``max_concurrency`` is an alias) bounds the
+    requests in flight; it may be changed between calls. ``close()`` (or a
+    ``with`` block) releases the connections and the background thread.
     """
 
     def __init__(
@@ -276,37 +410,57 @@ class OpenAIServerVLM(VLM):
         api_key: str | None = None,
         timeout: float = 120.0,  # seconds for one request, connect to last byte
         max_retries: int = 4,  # retries after the first try of each request
-        max_concurrency: int = 16,  # requests in flight at once
+        concurrency: int = 16,  # requests in flight at once
         image_format: str = "JPEG",  # how images travel: JPEG, PNG or WEBP
         structured_outputs: bool = True,  # send the JSON schema as response_format
         backoff_initial: float = 0.5,  # first retry waits about this long (seconds)
         backoff_max: float = 10.0,  # no backoff wait is longer (Retry-After may be)
+        image_cache_mb: float = 256.0,  # data URLs of sent photos kept for reuse
+        max_concurrency: int | None = None,  # the older name of ``concurrency``
     ):
         self.base_url = normalize_base_url(base_url)
-        if timeout <= 0 or max_retries < 0 or max_concurrency < 1:
+        if max_concurrency is not None:
+            concurrency = max_concurrency
+        if timeout <= 0 or max_retries < 0 or image_cache_mb < 0:
             raise ConfigError(
-                "need timeout > 0, max_retries >= 0 and max_concurrency >= 1; got "
-                f"timeout={timeout}, max_retries={max_retries}, max_concurrency={max_concurrency}"
+                "need timeout > 0, max_retries >= 0 and image_cache_mb >= 0; got "
+                f"timeout={timeout}, max_retries={max_retries}, image_cache_mb={image_cache_mb}"
             )
         if image_format.upper() not in IMAGE_MIME:
             raise ConfigError(f"image_format {image_format!r} must be one of {sorted(IMAGE_MIME)}")
         self.model = model
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
-        self.max_concurrency = int(max_concurrency)
+        self.concurrency = concurrency
         self.image_format = image_format.upper()
         self.structured_outputs = structured_outputs
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
+        self.images = ImageURLCache(int(image_cache_mb * 2**20))
         key = api_key or next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
         # Kept only inside the headers: never in repr, logs or error messages.
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._model_checked = False
+        self._loop: _Loop | None = None
+        self._loop_lock = threading.Lock()
         self.name = model or self.base_url
 
     def __repr__(self) -> str:
         key = "set" if self._headers else "none"
         return f"OpenAIServerVLM(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight at most (each with a connection of its own)."""
+        return self._concurrency
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"concurrency must be an integer >= 1; got {value!r}")
+        self._concurrency = value
+
+    max_concurrency = concurrency  # the older name, kept working
 
     def generate(
         self, conversations: Sequence[Conversation], sampling: Sampling
@@ -315,51 +469,55 @@ class OpenAIServerVLM(VLM):
             raise ConfigError(f"sampling.n must be at least 1; got {sampling.n}")
         if not conversations:
             return []
-        return _run_sync(self._generate(list(conversations), sampling))
+        loop = self._running_loop()
+        if not self._model_checked:
+            _results([loop.submit(self._check_model(loop))])
+        assert self.model is not None
+        failed = threading.Event()
+        futures: list[concurrent.futures.Future[list[str]]] = []
+        try:
+            # Each request leaves as soon as its payload is built, so encoding the
+            # next photos overlaps the server's work on the first ones.
+            for conversation in conversations:
+                if failed.is_set():
+                    break  # no use encoding the rest: the batch has failed
+                messages = to_openai_messages(conversation, self.image_format, cache=self.images)
+                body = build_chat_request(
+                    messages, sampling, self.model, structured_outputs=self.structured_outputs
+                )
+                future = loop.submit(self._replies(loop, body, sampling.n))
+                future.add_done_callback(lambda f: _failed(f) and failed.set())
+                futures.append(future)
+            return _results(futures)
+        finally:
+            for future in futures:
+                future.cancel()  # the rest of a failed or interrupted batch
 
     def close(self) -> None:
-        """Nothing to release: each ``generate`` opens and closes its own connections."""
+        """Close the connections and stop the background thread; a later call reopens them."""
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
 
     # ------------------------------------------------------------------ internals
 
-    async def _generate(
-        self, conversations: list[Conversation], sampling: Sampling
-    ) -> list[list[str]]:
-        limits = httpx.Limits(max_connections=self.max_concurrency)
-        async with httpx.AsyncClient(
-            # A host that never accepts should not hold each attempt for the full timeout.
-            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT)),
-            limits=limits,
-            headers=self._headers,
-        ) as client:
-            await self._check_model(client)
-            assert self.model is not None
-            cache: dict[object, str] = {}
-            bodies = [
-                build_chat_request(
-                    to_openai_messages(c, self.image_format, cache=cache),
-                    sampling,
-                    self.model,
-                    structured_outputs=self.structured_outputs,
-                )
-                for c in conversations
-            ]
-            semaphore = asyncio.Semaphore(self.max_concurrency)
-            return await _gather_or_cancel(
-                [self._replies(client, semaphore, body, sampling.n) for body in bodies]
-            )
+    def _running_loop(self) -> _Loop:
+        with self._loop_lock:
+            if self._loop is None or not self._loop.usable:
+                self._loop = _Loop(self._headers)
+                # A backend dropped without close() still stops its thread.
+                weakref.finalize(self, self._loop.close)
+            return self._loop
 
-    async def _replies(
-        self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, body: dict, n: int
-    ) -> list[str]:
+    async def _replies(self, loop: _Loop, body: dict, n: int) -> list[str]:
         """``n`` replies; asks again for the rest if a server returns fewer (ignores ``n``)."""
         texts: list[str] = []
         while len(texts) < n:
             request = {**body, "n": n - len(texts)}
             if texts and "seed" in request:
                 request["seed"] = body["seed"] + len(texts)  # new seed, new replies
-            async with semaphore:
-                reply = await self._call(client, "POST", "/chat/completions", request)
+            reply = await self._call(loop, "POST", "/chat/completions", request)
             try:
                 got = parse_chat_reply(reply)
             except ValueError as exc:
@@ -372,12 +530,12 @@ class OpenAIServerVLM(VLM):
             texts.extend(got)
         return texts[:n]
 
-    async def _check_model(self, client: httpx.AsyncClient) -> None:
+    async def _check_model(self, loop: _Loop) -> None:
         """Pick the served model when none was named; check a named one is served."""
         if self._model_checked:
             return
         try:
-            listing = await self._call(client, "GET", "/models")
+            listing = await self._call(loop, "GET", "/models")
             served = [m["id"] for m in listing["data"] if isinstance(m.get("id"), str)]
         except VLMError as exc:
             if self.model is not None and getattr(exc, "status", None) == 404:
@@ -402,10 +560,8 @@ class OpenAIServerVLM(VLM):
             )
         self._model_checked = True
 
-    async def _call(
-        self, client: httpx.AsyncClient, method: str, endpoint: str, body: dict | None = None
-    ) -> Any:
-        """One API call with retries; returns the decoded JSON body."""
+    async def _call(self, loop: _Loop, method: str, endpoint: str, body: dict | None = None) -> Any:
+        """One API call in one request slot, with retries; returns the decoded JSON body."""
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
             wait=_BackoffOrRetryAfter(self.backoff_initial, self.backoff_max),
@@ -414,7 +570,8 @@ class OpenAIServerVLM(VLM):
             reraise=True,
         )
         try:
-            return await retrying(self._call_once, client, method, endpoint, body)
+            async with loop.lane(self.concurrency) as client:
+                return await retrying(self._call_once, client, method, endpoint, body)
         except _Transient as exc:
             attempts = self.max_retries + 1
             raise VLMError(
@@ -426,8 +583,11 @@ class OpenAIServerVLM(VLM):
         self, client: httpx.AsyncClient, method: str, endpoint: str, body: dict | None
     ) -> Any:
         url = self.base_url + endpoint
+        # Read per request (it may change between calls); a host that never accepts
+        # should not hold each attempt for the full timeout.
+        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT))
         try:
-            response = await client.request(method, url, json=body)
+            response = await client.request(method, url, json=body, timeout=timeout)
         except httpx.ConnectTimeout:
             raise _Transient(self._unreachable("connect timed out")) from None
         except httpx.TimeoutException:
@@ -489,23 +649,14 @@ class OpenAIServerVLM(VLM):
         )
 
 
-async def _gather_or_cancel(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """All results in order; the first failure cancels the rest and is raised."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+def _failed(future: concurrent.futures.Future) -> bool:
+    return not future.cancelled() and future.exception() is not None
 
 
-def _run_sync(coroutine: Awaitable[T]) -> T:
-    """Run a coroutine to the end from sync code, also under a running loop (Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)  # type: ignore[arg-type]
-    # A loop already runs in this thread: run ours on a worker thread instead.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()  # type: ignore[arg-type]
+def _results(futures: list[concurrent.futures.Future[T]]) -> list[T]:
+    """All results in order; the first failure is raised at once (the caller cancels the rest)."""
+    done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+    for future in futures:
+        if future in done and _failed(future):
+            future.result()  # raises its exception
+    return [future.result() for future in futures]

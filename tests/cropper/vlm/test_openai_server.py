@@ -24,6 +24,7 @@ from cropper.testing.openai_server import (
 from cropper.vlm import load_vlm
 from cropper.vlm.base import Sampling
 from cropper.vlm.openai_server import (
+    ImageURLCache,
     OpenAIServerVLM,
     build_chat_request,
     normalize_base_url,
@@ -122,7 +123,7 @@ def test_to_openai_messages_shapes_text_and_images():
 
 def test_to_openai_messages_encodes_each_image_once():
     shared, other = photo("red"), photo("blue")
-    cache: dict[object, str] = {}
+    cache = ImageURLCache()
     first = to_openai_messages(conversation(shared), cache=cache)
     second = to_openai_messages(conversation(shared), cache=cache)
     keyed = to_openai_messages(conversation(other, key="exemplar-7"), cache=cache)
