@@ -103,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_crop(args: argparse.Namespace) -> int:
     from cropper.inputs import expand_inputs, output_paths, writes_a_folder
-    from cropper.loop import Cropper
 
     inputs = expand_inputs(args.images)
     outputs = output_paths(inputs, args.out)
@@ -113,16 +112,7 @@ def run_crop(args: argparse.Namespace) -> int:
         print(
             f"cropper: {len(inputs) - len(todo)} photos already done in {log_path}", file=sys.stderr
         )
-    settings = {"coords": args.coords} if args.coords else {}
-    cropper = Cropper(
-        vlm=args.vlm,
-        clip=args.clip,
-        head=args.head,
-        index=args.index,
-        prompts=args.prompts,
-        api_key=args.api_key,
-        **settings,
-    )
+    cropper = cropper_from_args(args)
     failures = 0
     with contextlib.ExitStack() as stack:
         results_log = stack.enter_context(JsonLines(log_path)) if log_path else None
@@ -159,6 +149,22 @@ def run_crop(args: argparse.Namespace) -> int:
     if failures:
         print(f"cropper: {failures} of {len(todo)} photos failed", file=sys.stderr)
     return 1 if failures else 0
+
+
+def cropper_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~cropper.loop.Cropper` that the model options of a command name."""
+    from cropper.loop import Cropper
+
+    settings = {"coords": args.coords} if args.coords else {}
+    return Cropper(
+        vlm=args.vlm,
+        clip=args.clip,
+        head=args.head,
+        index=args.index,
+        prompts=args.prompts,
+        api_key=args.api_key,
+        **settings,
+    )
 
 
 def _not_done(inputs: Sequence[Any], outputs: Sequence[Path | None], log: Path | None) -> list[int]:

@@ -156,18 +156,9 @@ def _method(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if args.baseline == "head":
             settings |= {"clip": shown(args.clip), "head": shown(args.head)}
         return method, settings
-    from cropper.loop import Cropper
+    from cropper.cli import cropper_from_args
 
-    extra = {"coords": args.coords} if args.coords else {}
-    method = Cropper(
-        vlm=args.vlm,
-        clip=args.clip,
-        head=args.head,
-        index=args.index,
-        prompts=args.prompts,
-        api_key=args.api_key,
-        **extra,
-    )
+    method = cropper_from_args(args)
     settings = {
         "method": "cropper",
         "vlm": _without_credentials(shown(args.vlm)),
