@@ -22,6 +22,17 @@ log = logging.getLogger("cropper")
 RESULTS = "results.jsonl"
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
+    return number
+
+
 def none_or(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
@@ -80,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crop.add_argument(
         "--concurrency",
-        type=int,
+        type=positive_int,
         help="photos cropped together: requests in flight on a server, batch size in-process "
         "(default 16)",
     )

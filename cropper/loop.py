@@ -204,7 +204,9 @@ class Cropper:
         """
         cfg = self.config.replace(**settings) if settings else self.config
         check_request(task, subject=subject, ratio=ratio)  # a bad request fails before any work
-        chunk = max(1, concurrency or DEFAULT_CHUNK)
+        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+            raise ConfigError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+        chunk = concurrency or DEFAULT_CHUNK
         with _in_flight(self.vlm, concurrency), _progress_bar(len(images), progress) as bar:
             for start in range(0, len(images), chunk):
                 positions = range(start, min(start + chunk, len(images)))
@@ -423,8 +425,6 @@ def _in_flight(vlm: Any, concurrency: int | None) -> Iterator[None]:
     if concurrency is None or not hasattr(vlm, "max_concurrency"):
         yield
         return
-    if concurrency < 1:
-        raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
     before = vlm.max_concurrency
     vlm.max_concurrency = concurrency
     try:

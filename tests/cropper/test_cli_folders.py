@@ -97,3 +97,11 @@ def test_a_killed_run_resumes_with_nothing_redone_or_repeated(shoot, tmp_path) -
     images = [x["image"] for x in _lines(out)]
     assert sorted(images) == sorted(set(images)) and len(images) == 4  # each photo once
     assert asked_after <= 3 * (4 - len(done_before)) + 3  # at most the photo cut off is redone
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_a_concurrency_below_one_is_a_usage_error(value, shoot, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["crop", str(shoot), "--vlm", "none", "--concurrency", value])
+    assert exit_.value.code == 2
+    assert "--concurrency: must be a whole number >= 1" in capsys.readouterr().err

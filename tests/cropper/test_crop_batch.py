@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cropper import Cropper
-from cropper.errors import ImageError, VLMError
+from cropper.errors import ConfigError, ImageError, VLMError
 from cropper.testing.openai_server import OpenAICompatibleServer
 from cropper.vlm.base import VLM
 
@@ -111,3 +111,12 @@ def test_the_server_sees_the_requested_requests_in_flight() -> None:
         in_flight = server.max_in_flight
     assert all(r.box is not None for r in results)
     assert in_flight == 12
+
+
+@pytest.mark.parametrize("concurrency", [0, -2, True])
+def test_a_concurrency_below_one_is_refused_before_any_work(concurrency) -> None:
+    vlm = BatchRecorder()
+    cropper = Cropper(vlm=vlm, clip=None, head=None, index=None)
+    with pytest.raises(ConfigError, match="concurrency must be a whole number >= 1"):
+        cropper.crop_batch(_photos(2), concurrency=concurrency)
+    assert vlm.batches == []
