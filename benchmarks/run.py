@@ -155,7 +155,7 @@ def main() -> None:
         root = Path(tmp)
         (root / "cap").mkdir()
         (root / "over").mkdir()
-        cap = capacity(root / "cap", 48 if args.quick else 192, args.latency, args.slots)
+        cap = capacity(root / "cap", 96 if args.quick else 192, args.latency, args.slots)
         print(f"capacity: {json.dumps(cap)}", file=sys.stderr)
         over = overhead(root / "over", 16 if args.quick else 64, 40 if args.quick else 200)
         print(f"overhead: {json.dumps(over)}", file=sys.stderr)

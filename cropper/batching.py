@@ -11,7 +11,9 @@ together), one embedder pass for every photo's crops.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,3 +142,57 @@ def drive_many(steps: dict[int, Steps], server: Server) -> Iterator[tuple[int, A
         results = server.answer([waiting[k] for k in keys])
         answers = dict(zip(keys, results, strict=True))
         waiting = {}
+
+
+def pipelined(
+    chunks: Iterable[Any], run: Callable[[Any], Iterable[Any]], lanes: int
+) -> Iterator[Any]:
+    """What ``run(chunk)`` yields for every chunk, ``lanes`` chunks at a time, in threads.
+
+    Rounds move together within a chunk, so between two rounds the model would idle
+    while the client parses, scores and builds the next prompts. A second chunk in
+    flight keeps it busy meanwhile; the backend's own bound on requests in flight
+    still holds, as the threads share it. The first error stops the other lanes
+    taking new chunks and is raised here.
+    """
+    if lanes <= 1:
+        for chunk in chunks:
+            yield from run(chunk)
+        return
+    pending = iter(chunks)
+    take = threading.Lock()
+    stop = threading.Event()
+    out: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def lane() -> None:
+        try:
+            while not stop.is_set():
+                with take:
+                    chunk = next(pending, None)
+                if chunk is None:
+                    return
+                for item in run(chunk):
+                    out.put(("item", item))
+        except BaseException as exc:  # handed to the caller's thread
+            stop.set()
+            out.put(("error", exc))
+        finally:
+            out.put(("done", None))
+
+    threads = [
+        threading.Thread(target=lane, daemon=True, name=f"cropper-lane-{i}") for i in range(lanes)
+    ]
+    for thread in threads:
+        thread.start()
+    running = lanes
+    try:
+        while running:
+            kind, value = out.get()
+            if kind == "done":
+                running -= 1
+            elif kind == "error":
+                raise value
+            else:
+                yield value
+    finally:
+        stop.set()  # lanes finish the chunk they hold and take no other

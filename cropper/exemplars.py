@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ class ExemplarSource:
         self._photos: OrderedDict[tuple[str, float, int], PromptPhoto] = OrderedDict()
         self._cache_size = cache_size
         self._missing: set[str] = set()
+        self._lock = threading.Lock()
 
     def retrieve(
         self,
@@ -77,18 +79,20 @@ class ExemplarSource:
         except OSError:
             self._warn_missing(path, "no such file")
             return None
-        cached = self._photos.get(key)
-        if cached is not None:
-            self._photos.move_to_end(key)
-            return cached
+        with self._lock:
+            cached = self._photos.get(key)
+            if cached is not None:
+                self._photos.move_to_end(key)
+                return cached
         try:
             photo = PromptPhoto(fit_within(load_image(path), side), key=f"{path}@{side}")
         except CropperError as exc:
             self._warn_missing(path, str(exc))
             return None
-        self._photos[key] = photo
-        if len(self._photos) > self._cache_size:
-            self._photos.popitem(last=False)
+        with self._lock:  # batches run in two threads (see Cropper.crop_stream)
+            self._photos[key] = photo
+            if len(self._photos) > self._cache_size:
+                self._photos.popitem(last=False)
         return photo
 
     def _warn_missing(self, path: str, why: str) -> None:

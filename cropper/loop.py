@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cropper import components
-from cropper.batching import Embed, Generate, Score, Server, Steps, drive_many, drive_one
+from cropper.batching import (
+    Embed,
+    Generate,
+    Score,
+    Server,
+    Steps,
+    drive_many,
+    drive_one,
+    pipelined,
+)
 from cropper.boxes import Box, dedupe, fit_aspect
 from cropper.errors import ConfigError, CropperError
 from cropper.exemplars import ExemplarSource, PromptExemplar
@@ -206,20 +215,22 @@ class Cropper:
         check_request(task, subject=subject, ratio=ratio)  # a bad request fails before any work
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise ConfigError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
-        chunk = concurrency or DEFAULT_CHUNK
+        size = concurrency or DEFAULT_CHUNK
+        chunks = [range(s, min(s + size, len(images))) for s in range(0, len(images), size)]
+
+        def run(positions: range) -> Iterator[tuple[int, CropResult | CropperError]]:
+            if self._no_vlm is not None:
+                return self._crop_each_without_vlm(images, positions, task, subject, ratio)
+            steps = {i: self._steps(images[i], task, subject, ratio, cfg) for i in positions}
+            return drive_many(steps, self._server)
+
+        # A server gets two chunks at once: one is served while the other's next round is
+        # prepared. In-process backends compute in the calling thread: one at a time.
+        lanes = 2 if hasattr(self.vlm, "max_concurrency") and len(chunks) > 1 else 1
         with _in_flight(self.vlm, concurrency), _progress_bar(len(images), progress) as bar:
-            for start in range(0, len(images), chunk):
-                positions = range(start, min(start + chunk, len(images)))
-                if self._no_vlm is not None:
-                    stream = self._crop_each_without_vlm(images, positions, task, subject, ratio)
-                else:
-                    steps = {
-                        i: self._steps(images[i], task, subject, ratio, cfg) for i in positions
-                    }
-                    stream = drive_many(steps, self._server)
-                for i, result in stream:
-                    bar.update(1)
-                    yield i, result
+            for i, result in pipelined(chunks, run, lanes):
+                bar.update(1)
+                yield i, result
 
     def _crop_each_without_vlm(
         self, images: Sequence[ImageInput], positions: range, task: str, subject: Any, ratio: Any

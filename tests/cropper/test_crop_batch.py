@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cropper import Cropper
+from cropper.batching import pipelined
 from cropper.errors import ConfigError, ImageError, VLMError
 from cropper.testing.openai_server import OpenAICompatibleServer
 from cropper.vlm.base import VLM
@@ -120,3 +122,36 @@ def test_a_concurrency_below_one_is_refused_before_any_work(concurrency) -> None
     with pytest.raises(ConfigError, match="concurrency must be a whole number >= 1"):
         cropper.crop_batch(_photos(2), concurrency=concurrency)
     assert vlm.batches == []
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_pipelined_lanes_give_every_item_once(lanes) -> None:
+    chunks = [range(s, s + 4) for s in range(0, 20, 4)]
+    seen = list(pipelined(chunks, lambda chunk: iter(chunk), lanes))
+    assert sorted(seen) == list(range(20))
+
+
+def test_an_error_in_a_lane_reaches_the_caller_and_stops_new_chunks() -> None:
+    taken = []
+
+    def run(chunk):
+        taken.append(chunk)
+        if chunk == 1:
+            raise VLMError("the server went away", retryable=True)
+        time.sleep(0.05)
+        return iter([chunk])
+
+    with pytest.raises(VLMError, match="went away"):
+        list(pipelined(range(100), run, 2))
+    time.sleep(0.2)
+    assert len(taken) < 10  # the other lane stopped taking chunks
+
+
+def test_a_server_batch_runs_two_chunks_at_once_within_the_bound() -> None:
+    photos = _photos(8)
+    with OpenAICompatibleServer(latency=0.3) as server:
+        cropper = Cropper(vlm=server.url, clip=None, head=None, index=None)
+        results = cropper.crop_batch(photos, concurrency=2, refine_rounds=1)
+        in_flight = server.max_in_flight
+    assert all(r.box is not None for r in results)
+    assert in_flight == 2  # two lanes share the backend's bound of 2 in flight
