@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crop.add_argument("--prompts", help="folder of prompt files (default: the shipped ones)")
     crop.add_argument("--coords", help="coordinate convention of the model (default norm1000)")
+    crop.add_argument(
+        "--pixel-budget",
+        help="size photos as the model's processor wants them: qwen2.5-vl (with --coords "
+        "pixel), qwen3-vl, or NAME:MAX_PIXELS for a server's max_pixels (default: none)",
+    )
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
     crop.add_argument(
         "-o",
@@ -166,7 +171,8 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~cropper.loop.Cropper` that the model options of a command name."""
     from cropper.loop import Cropper
 
-    settings = {"coords": args.coords} if args.coords else {}
+    options = {"coords": args.coords, "pixel_budget": args.pixel_budget}
+    settings = {key: value for key, value in options.items() if value}
     return Cropper(
         vlm=args.vlm,
         clip=args.clip,

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from cropper.errors import CropperError
-from cropper.images import fit_within, load_image
+from cropper.images import load_image
 from cropper.prompts import PromptPhoto
+from cropper.sizing import PixelBudget, fit_to_budget
 from cropper.tasks import Ratio, Subject
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class ExemplarSource:
 
     def __init__(self, index: Any, *, cache_size: int = 512):
         self.index = index
-        self._photos: OrderedDict[tuple[str, float, int], PromptPhoto] = OrderedDict()
+        self._photos: OrderedDict[tuple[str, float, int, str], PromptPhoto] = OrderedDict()
         self._cache_size = cache_size
         self._missing: set[str] = set()
         self._lock = threading.Lock()
@@ -52,6 +53,7 @@ class ExemplarSource:
         side: int,
         subject: Subject | None = None,
         ratio: Ratio | None = None,
+        budget: PixelBudget | None = None,
     ) -> list[PromptExemplar]:
         from retrieval.selection import select_crops
 
@@ -59,7 +61,7 @@ class ExemplarSource:
             return []
         exemplars = []
         for hit in self.index.search(embedding, k=count):
-            photo = self._photo(hit.image, side)
+            photo = self._photo(hit.image, side, budget)
             if photo is None:
                 continue
             crops = select_crops(
@@ -73,9 +75,13 @@ class ExemplarSource:
                 exemplars.append(PromptExemplar(photo, list(crops), float(hit.similarity)))
         return exemplars
 
-    def _photo(self, path: str, side: int) -> PromptPhoto | None:
+    def _photo(self, path: str, side: int, budget: PixelBudget | None) -> PromptPhoto | None:
+        # A budget gives other pixels than the plain fit: cached and named apart.
+        sizing = (
+            "" if budget is None else f"@{budget.factor}:{budget.min_pixels}-{budget.max_pixels}"
+        )
         try:
-            key = (path, os.path.getmtime(path), side)
+            key = (path, os.path.getmtime(path), side, sizing)
         except OSError:
             self._warn_missing(path, "no such file")
             return None
@@ -85,7 +91,9 @@ class ExemplarSource:
                 self._photos.move_to_end(key)
                 return cached
         try:
-            photo = PromptPhoto(fit_within(load_image(path), side), key=f"{path}@{side}")
+            photo = PromptPhoto(
+                fit_to_budget(load_image(path), budget, side), key=f"{path}@{side}{sizing}"
+            )
         except CropperError as exc:
             self._warn_missing(path, str(exc))
             return None

@@ -31,12 +31,13 @@ from cropper.batching import (
 from cropper.boxes import Box, dedupe, fit_aspect
 from cropper.errors import ConfigError, CropperError
 from cropper.exemplars import ExemplarSource, PromptExemplar
-from cropper.images import ImageInput, fit_within, load_image
+from cropper.images import ImageInput, load_image
 from cropper.messages import Conversation
 from cropper.parsing import parse_boxes, parse_reply
 from cropper.prompts import PromptPhoto, PromptSet
 from cropper.result import Candidate, CropResult, Round
 from cropper.scoring import Scorer
+from cropper.sizing import budget_from_spec, fit_to_budget
 from cropper.tasks import Ratio, Subject, check_request, subject_from_spec
 from cropper.vlm.base import VLM, Sampling
 from cropper.vlm.schema import boxes_schema, ground_schema
@@ -71,6 +72,13 @@ class CropConfig:
         default_factory=lambda: {"free": "last", "subject": "last", "aspect": "all"}
     )  # the rounds the best crop is chosen from, per task
     seed: int | None = None  # sampling seed, for reproducible runs
+    # Photos sized as the model's processor wants them ("qwen2.5-vl", "qwen3-vl",
+    # "NAME:MAX_PIXELS" for a server's max_pixels), so it does not resize them again and
+    # pixel boxes mean what the model saw; None: the longer side fitted only.
+    pixel_budget: Any = None
+
+    def __post_init__(self) -> None:
+        budget_from_spec(self.pixel_budget)  # a bad name fails here, not mid-batch
 
     def replace(self, **changes: Any) -> CropConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -248,7 +256,8 @@ class Cropper:
         """One photo's loop; it yields what it needs from the models (see cropper.batching)."""
         task, ratio_ = check_request(task, subject=subject, ratio=ratio)
         photo = load_image(image)
-        query = PromptPhoto(fit_within(photo, cfg.query_side), key=_name(image))
+        budget = budget_from_spec(cfg.pixel_budget)
+        query = PromptPhoto(fit_to_budget(photo, budget, cfg.query_side), key=_name(image))
         trace: list[Round] = []
 
         subject_ = None
@@ -327,6 +336,7 @@ class Cropper:
             count=cfg.exemplars,
             crops_per_exemplar=cfg.exemplar_crops,
             side=cfg.exemplar_side,
+            budget=budget_from_spec(cfg.pixel_budget),
             subject=subject,
             ratio=ratio,
         )
@@ -387,7 +397,11 @@ class Cropper:
         return [
             {
                 "photo": PromptPhoto(
-                    fit_within(photo.crop(c.box.to_pixels(photo.size)), cfg.candidate_side)
+                    fit_to_budget(
+                        photo.crop(c.box.to_pixels(photo.size)),
+                        budget_from_spec(cfg.pixel_budget),
+                        cfg.candidate_side,
+                    )
                 ),
                 "box": c.box,
                 "score": c.score,

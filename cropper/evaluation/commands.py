@@ -86,6 +86,9 @@ def _add_crop_command(actions: Any) -> None:
     )
     crop.add_argument("--prompts", help="folder of prompt files (default: the shipped ones)")
     crop.add_argument("--coords", help="coordinate convention of the model (default norm1000)")
+    crop.add_argument(
+        "--pixel-budget", help="qwen2.5-vl, qwen3-vl or NAME:MAX_PIXELS (default: none)"
+    )
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
     crop.add_argument("--limit", type=int, help="crop only the split's first N photos")
     crop.add_argument("--gallery", type=int, default=6, help="photos in each gallery")

@@ -105,3 +105,13 @@ def test_a_concurrency_below_one_is_a_usage_error(value, shoot, capsys) -> None:
         main(["crop", str(shoot), "--vlm", "none", "--concurrency", value])
     assert exit_.value.code == 2
     assert "--concurrency: must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_an_unknown_pixel_budget_is_one_clear_line(shoot, capsys) -> None:
+    argv = ["crop", str(shoot), "--vlm", "none", *NO_MODELS, "--pixel-budget", "qwen9"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "cropper: error: unknown pixel budget 'qwen9': use none, qwen2.5-vl, qwen3-vl, "
+        "or NAME:MAX_PIXELS such as qwen2.5-vl:1003520"
+    ]

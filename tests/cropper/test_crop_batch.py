@@ -155,3 +155,34 @@ def test_a_server_batch_runs_two_chunks_at_once_within_the_bound() -> None:
         in_flight = server.max_in_flight
     assert all(r.box is not None for r in results)
     assert in_flight == 2  # two lanes share the backend's bound of 2 in flight
+
+
+def test_a_pixel_budget_sends_model_sized_photos_and_maps_boxes_back() -> None:
+    sent = []
+
+    class PixelVLM(VLM):
+        name = "pixel"
+
+        def generate(self, conversations, sampling):
+            out = []
+            for conversation in conversations:
+                query = [p for m in conversation for p in m.parts if hasattr(p, "image")][-1]
+                sent.append(query.image.size)
+                w, h = query.image.size
+                out.append([json.dumps({"crops": [[w // 4, h // 4, w - 1, h - 1]]})])
+            return out
+
+    photo = Image.new("RGB", (1500, 1000), (20, 40, 60))
+    cropper = Cropper(vlm=PixelVLM(), clip=None, head=None, index=None, coords="pixel",
+                      pixel_budget="qwen2.5-vl", refine_rounds=0)  # fmt: skip
+    result = cropper.crop(photo)
+    w, h = sent[0]
+    assert w % 28 == 0 and h % 28 == 0 and max(w, h) <= 1024 + 14
+    left, top, right, bottom = result.box.to_pixels(photo.size)
+    assert abs(left - 1500 * (w // 4) / w) <= 1 and abs(top - 1000 * (h // 4) / h) <= 1
+    assert abs(right - 1500 * (w - 1) / w) <= 1 and abs(bottom - 1000 * (h - 1) / h) <= 1
+
+
+def test_an_unknown_pixel_budget_is_refused_when_the_cropper_is_made() -> None:
+    with pytest.raises(ConfigError, match="unknown pixel budget 'qwen9'"):
+        Cropper(vlm=BatchRecorder(), clip=None, head=None, index=None, pixel_budget="qwen9")

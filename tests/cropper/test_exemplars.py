@@ -70,3 +70,20 @@ def test_a_missing_exemplar_photo_is_skipped_with_one_warning(tmp_path, caplog):
             got = source.retrieve(np.zeros(4), "free", count=2, crops_per_exemplar=5, side=64)
     assert [e.photo.key for e in got] == [f"{path}@64"]
     assert sum("gone.jpg" in r.message for r in caplog.records) == 1
+
+
+def test_a_pixel_budget_sizes_exemplars_to_the_models_multiples(tmp_path):
+    from cropper.sizing import QWEN2_5_VL
+
+    path = tmp_path / "e.jpg"
+    Image.new("RGB", (900, 600)).save(path)
+    hits = [Hit(str(path), (900, 600), (Box(0, 0, 0.5, 0.5),), (3.0,), None, 0.9)]
+    source = ExemplarSource(Index(hits))
+    plain = source.retrieve(np.zeros(4), "free", count=1, crops_per_exemplar=1, side=448)
+    sized = source.retrieve(
+        np.zeros(4), "free", count=1, crops_per_exemplar=1, side=448, budget=QWEN2_5_VL
+    )
+    assert plain[0].photo.size == (448, 299)
+    w, h = sized[0].photo.size
+    assert w % 28 == 0 and h % 28 == 0 and (w, h) == (448, 308)
+    assert sized[0].photo.key != plain[0].photo.key  # cached apart: different pixels
