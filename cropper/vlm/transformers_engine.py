@@ -5,6 +5,13 @@ checkpoint's processor and model, renders each conversation with the checkpoint'
 own chat template, and generates replies for a batch of conversations at once.
 When a JSON schema is given, xgrammar's logits processor masks every token that
 would leave the schema, so even a random model writes parseable boxes.
+
+On a GPU the key/value cache is static by default (``cache_implementation="static"``),
+which lets transformers compile the decoding step: measured on an H100 for
+Qwen2.5-VL-7B at batch 1, about 9.5 ms per decoded token against 31 ms with the
+default dynamic cache. The first call at each new batch size or cache length compiles
+(tens of seconds); cache lengths are rounded up to :data:`STATIC_CACHE_STEP` tokens so
+that prompts of similar length share one compiled graph.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from cropper.messages import Conversation, ImagePart, TextPart, conversation_ima
 from cropper.vlm.base import VLM, Sampling
 
 logger = logging.getLogger(__name__)
+
+#: A static cache's length is rounded up to a multiple of this many tokens. transformers
+#: keeps the longest cache it has made, so lengths only grow and recompiles stay few.
+STATIC_CACHE_STEP = 2048
 
 
 def to_chat_messages(conversation: Conversation) -> list[dict[str, Any]]:
@@ -72,12 +83,31 @@ def _resolve_dtype(dtype: Any, device: Any) -> Any:
     return resolved
 
 
+def resolve_static_cache(static_cache: bool | None, device: Any) -> bool:
+    """Whether to decode with a static cache: as asked, else on a CUDA device only.
+
+    Off the GPU transformers does not compile, and a static cache preallocated to the
+    full length only costs memory there.
+    """
+    if static_cache is None:
+        return getattr(device, "type", str(device)).startswith("cuda")
+    return bool(static_cache)
+
+
+def static_cache_length(prompt_tokens: int, max_new_tokens: int) -> int:
+    """The static cache length for a call: prompt plus reply, rounded up to the step."""
+    needed = prompt_tokens + max_new_tokens
+    return -(-needed // STATIC_CACHE_STEP) * STATIC_CACHE_STEP
+
+
 class TransformersVLM(VLM):
     """A Qwen2.5-VL, Qwen3-VL or other image-text-to-text model run by transformers.
 
     ``model`` is a hub id (loaded from the local cache when offline) or a folder.
     ``batch_size`` conversations share one ``generate`` call; ``constrained``
-    turns on xgrammar when a sampling asks for a JSON schema.
+    turns on xgrammar when a sampling asks for a JSON schema. ``static_cache``
+    decodes with a preallocated cache that transformers compiles (None: on when the
+    device is CUDA; see the module docstring).
     """
 
     def __init__(
@@ -89,6 +119,7 @@ class TransformersVLM(VLM):
         batch_size: int = 8,
         constrained: bool = True,
         trust_remote_code: bool = False,
+        static_cache: bool | None = None,
     ):
         try:
             import torch  # noqa: F401
@@ -104,6 +135,7 @@ class TransformersVLM(VLM):
         self.constrained = constrained
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
+        self.static_cache = resolve_static_cache(static_cache, self.device)
         source = self._source(self.name)
         try:
             self.processor = transformers.AutoProcessor.from_pretrained(
@@ -138,7 +170,13 @@ class TransformersVLM(VLM):
         self._pad_id = self._pad_token_id()
         self._grammar_compiler: Any = None
         self._grammars: dict[str, Any] = {}
-        logger.info("loaded %s on %s as %s", self.name, self.device, self.dtype)
+        logger.info(
+            "loaded %s on %s as %s (static cache: %s)",
+            self.name,
+            self.device,
+            self.dtype,
+            self.static_cache,
+        )
 
     @staticmethod
     def _source(model: str) -> str:
@@ -257,6 +295,11 @@ class TransformersVLM(VLM):
             "top_p": 1.0,
             "repetition_penalty": 1.0,
         }
+        if self.static_cache:
+            options["cache_implementation"] = "static"
+            options["max_cache_len"] = static_cache_length(
+                inputs["input_ids"].shape[1], sampling.max_tokens
+            )
         if sampling.json_schema is not None and self.constrained:
             from xgrammar.contrib.hf import LogitsProcessor
 

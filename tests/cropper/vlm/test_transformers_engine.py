@@ -14,7 +14,13 @@ from cropper.images import fit_within, load_image
 from cropper.messages import ImagePart, Message, TextPart
 from cropper.vlm.base import Sampling
 from cropper.vlm.schema import boxes_schema
-from cropper.vlm.transformers_engine import TransformersVLM, to_chat_messages
+from cropper.vlm.transformers_engine import (
+    STATIC_CACHE_STEP,
+    TransformersVLM,
+    resolve_static_cache,
+    static_cache_length,
+    to_chat_messages,
+)
 
 RED = Image.new("RGB", (8, 6), (255, 0, 0))
 BLUE = Image.new("RGB", (6, 8), (0, 0, 255))
@@ -75,6 +81,37 @@ def test_to_chat_messages(conversation, expected):
 def test_to_chat_messages_rejects_unknown_parts():
     with pytest.raises(ConfigError, match="neither TextPart nor ImagePart"):
         to_chat_messages([Message("user", ("plain string",))])
+
+
+@pytest.mark.parametrize(
+    ("asked", "device", "expected"),
+    [
+        (None, "cpu", False),
+        (None, "cuda", True),
+        (None, "cuda:1", True),
+        (None, "mps", False),
+        (True, "cpu", True),
+        (False, "cuda", False),
+    ],
+)
+def test_static_cache_defaults_on_for_cuda_only(asked, device, expected):
+    import torch
+
+    # torch.device("cuda") needs no GPU to exist, so the rule is tested here.
+    assert resolve_static_cache(asked, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize(
+    ("prompt", "new", "expected"),
+    [
+        (1, 1, STATIC_CACHE_STEP),
+        (STATIC_CACHE_STEP - 512, 512, STATIC_CACHE_STEP),
+        (STATIC_CACHE_STEP - 511, 512, 2 * STATIC_CACHE_STEP),
+        (11_000, 512, 6 * STATIC_CACHE_STEP),
+    ],
+)
+def test_static_cache_length_rounds_up_to_the_step(prompt, new, expected):
+    assert static_cache_length(prompt, new) == expected
 
 
 def test_missing_transformers_names_the_install(monkeypatch):
@@ -177,6 +214,41 @@ def test_constrained_batch_gives_n_valid_box_replies_each(tiny_vlm):
         _assert_boxes_json(reply, max_boxes=6)
     # The same seed draws the same replies.
     assert tiny_vlm.generate([_conversation(0), _conversation(10)], sampling) == replies
+
+
+@pytest.mark.slow
+def test_static_cache_gives_the_dynamic_caches_greedy_boxes(tiny_vlm, monkeypatch):
+    assert tiny_vlm.static_cache is False  # the CPU default
+    sampling = Sampling(
+        n=1, temperature=0.0, max_tokens=256, json_schema=boxes_schema(6, "norm1000")
+    )
+    conversations = [_conversation(0), _conversation(10)]
+    dynamic = tiny_vlm.generate(conversations, sampling)
+
+    seen = []
+    generate = tiny_vlm.model.generate
+    monkeypatch.setattr(tiny_vlm.model, "generate", lambda **kw: seen.append(kw) or generate(**kw))
+    monkeypatch.setattr(tiny_vlm, "static_cache", True)
+    static = tiny_vlm.generate(conversations, sampling)
+    assert seen[0]["cache_implementation"] == "static"
+    assert seen[0]["max_cache_len"] % STATIC_CACHE_STEP == 0
+    assert static == dynamic
+    for [reply] in static:
+        _assert_boxes_json(reply, max_boxes=6)
+
+
+@pytest.mark.slow
+def test_static_cache_option_reaches_the_backend(tiny_qwen25_vl):
+    vlm = TransformersVLM(str(tiny_qwen25_vl), static_cache=True)
+    assert vlm.static_cache is True
+    sampling = Sampling(
+        n=2, temperature=0.7, max_tokens=256, json_schema=boxes_schema(6, "norm1000"), seed=4
+    )
+    [replies] = vlm.generate([_conversation(3)], sampling)
+    assert len(replies) == 2
+    for reply in replies:
+        _assert_boxes_json(reply, max_boxes=6)
+    vlm.close()
 
 
 @pytest.mark.slow
@@ -296,6 +368,7 @@ def test_constrained_batch_on_cuda_in_bfloat16(tiny_qwen3_vl):
         pytest.skip("no CUDA GPU")
     vlm = TransformersVLM(str(tiny_qwen3_vl))
     assert vlm.device.type == "cuda" and vlm.dtype == torch.bfloat16
+    assert vlm.static_cache is True
     replies = vlm.generate(
         [_conversation(0), _conversation(10)], dataclasses.replace(BOXES, seed=1)
     )
