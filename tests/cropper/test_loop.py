@@ -7,40 +7,17 @@ real one. Backends are tested against real models and servers elsewhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 
 import pytest
 from PIL import Image
 
 from cropper import ConfigError, Cropper
-from cropper.messages import Conversation, ImagePart, conversation_text
-from cropper.vlm.base import VLM, Sampling
-
-
-class ScriptedVLM(VLM):
-    """Replies from a script: a list of reply batches, or a function of the call."""
-
-    name = "scripted"
-
-    def __init__(
-        self, script: Sequence[Sequence[str]] | Callable[[Conversation, Sampling], list[str]]
-    ):
-        self.script = script
-        self.calls: list[tuple[Conversation, Sampling]] = []
-
-    def generate(self, conversations, sampling):
-        out = []
-        for conversation in conversations:
-            self.calls.append((conversation, sampling))
-            if callable(self.script):
-                out.append(self.script(conversation, sampling))
-            else:
-                out.append(list(self.script[len(self.calls) - 1]))
-        return out
+from cropper.messages import ImagePart, conversation_text
+from cropper.testing.scripted import ScriptedVLM, crops_reply
 
 
 def crops(*boxes: tuple[int, int, int, int]) -> str:
-    return json.dumps({"crops": [list(b) for b in boxes]})
+    return crops_reply(*boxes)
 
 
 @pytest.fixture
