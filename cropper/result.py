@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -75,6 +77,31 @@ class CropResult:
     def image(self) -> Image.Image:
         """The cropped photo."""
         return self.photo.crop(self.pixels)
+
+    def draw(
+        self,
+        *,
+        rounds: Iterable[int] | None = None,
+        labels: bool = True,
+        max_side: int | None = 1024,
+    ) -> Image.Image:
+        """The photo with every candidate outlined and the chosen crop highlighted.
+
+        Candidates get a colour a round and a label with their score; see
+        :func:`cropper.drawing.draw_result`.
+        """
+        from cropper.drawing import draw_result
+
+        return draw_result(self, rounds=rounds, labels=labels, max_side=max_side)
+
+    def write_debug(self, folder: str | Path, images: str | Path | None = None) -> Path:
+        """Save the overlays, exact prompts and raw replies under ``folder``.
+
+        See :func:`cropper.debug.write_debug` for the layout.
+        """
+        from cropper.debug import write_debug
+
+        return write_debug(self, folder, images=images)
 
     def to_json(self) -> dict[str, Any]:
         """The summary a command line writes: image, task, box in pixels, score."""
