@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 16)",
     )
     crop.add_argument(
+        "--debug-dir",
+        metavar="DIR",
+        help="save each photo's overlays, exact prompts and raw replies under DIR/<photo>/",
+    )
+    crop.add_argument(
         "--json",
         action="store_true",
         help="one JSON object a line: image, task, box (pixels), score",
@@ -129,7 +134,7 @@ def run_crop(args: argparse.Namespace) -> int:
             f"cropper: {len(inputs) - len(todo)} photos already done in {log_path}", file=sys.stderr
         )
     cropper = cropper_from_args(args)
-    failures = 0
+    failures: list[str] = []
     with contextlib.ExitStack() as stack:
         results_log = stack.enter_context(JsonLines(log_path)) if log_path else None
         stack.callback(cropper.close)
@@ -149,10 +154,11 @@ def run_crop(args: argparse.Namespace) -> int:
                     raise result
                 if out is not None:
                     save_image(result.image, out)  # the crop first: its line says it is done
+                if args.debug_dir:
+                    _write_debug(result, Path(args.debug_dir), inputs[index].name)
             except CropperError as exc:
-                failures += 1
-                print(f"cropper: {image}: {exc}" if image not in str(exc) else f"cropper: {exc}",
-                      file=sys.stderr)  # fmt: skip
+                failures.append(str(exc) if image in str(exc) else f"{image}: {exc}")
+                print(f"cropper: {failures[-1]}", file=sys.stderr)
                 continue
             summary = {**result.to_json(), "image": image}
             if results_log is not None:
@@ -163,8 +169,32 @@ def run_crop(args: argparse.Namespace) -> int:
                 where = f" -> {out}" if out else ""
                 print(f"{image}: box {summary['box']} score {result.score:.4f}{where}", flush=True)
     if failures:
-        print(f"cropper: {failures} of {len(todo)} photos failed", file=sys.stderr)
+        print(_failure_summary(failures, len(todo)), file=sys.stderr)
     return 1 if failures else 0
+
+
+#: Failures listed one by one at the end of a batch; the rest are counted.
+SHOWN_FAILURES = 20
+
+
+def _failure_summary(failures: Sequence[str], total: int) -> str:
+    lines = [f"cropper: {len(failures)} of {total} photos failed:"]
+    lines += [f"  {why}" for why in failures[:SHOWN_FAILURES]]
+    if len(failures) > SHOWN_FAILURES:
+        lines.append(f"  ... and {len(failures) - SHOWN_FAILURES} more")
+    return "\n".join(lines)
+
+
+def _write_debug(result: Any, debug_dir: Path, name: str) -> None:
+    """``DIR/<photo name without suffix>/``, with prompt images shared by the whole run."""
+    from cropper.debug import write_debug
+
+    try:
+        write_debug(
+            result, debug_dir / Path(name).with_suffix(""), images=debug_dir / "prompt-images"
+        )
+    except OSError as exc:
+        raise CropperError(f"cannot write the debug folder in {debug_dir} ({exc})") from None
 
 
 def cropper_from_args(args: argparse.Namespace) -> Any:

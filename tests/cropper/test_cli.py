@@ -64,9 +64,11 @@ def test_a_bad_photo_fails_alone(server, photos, tmp_path, capsys):
     logged = [json.loads(x)["image"] for x in (out / "results.jsonl").read_text().splitlines()]
     assert logged == [str(photos[0]), str(photos[1])]
     errors = captured.err.strip().splitlines()
-    assert any(str(bad) in e and "not an image" in e for e in errors)
-    assert any(str(missing) in e and "no such file" in e for e in errors)
-    assert errors[-1] == "cropper: 2 of 4 photos failed"
+    # Each failure as it happens, then a summary that lists them again.
+    summary = errors[errors.index("cropper: 2 of 4 photos failed:") :]
+    assert len(summary) == 3
+    assert str(bad) in summary[1] and "not an image" in summary[1]
+    assert str(missing) in summary[2] and "no such file" in summary[2]
 
 
 def test_output_that_would_overwrite_an_input_is_refused(server, photos, capsys):
