@@ -87,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="size photos as the model's processor wants them: qwen2.5-vl (with --coords "
         "pixel), qwen3-vl, or NAME:MAX_PIXELS for a server's max_pixels (default: none)",
     )
+    crop.add_argument(
+        "--top-k",
+        type=positive_int,
+        help="also return the K best crops of all rounds that overlap little (IoU <= 0.5), "
+        "saved as NAME.top2.jpg ... beside the crop; JSON lines gain 'top'",
+    )
+    crop.add_argument(
+        "--compose",
+        action="store_true",
+        help="first ask the VLM which composition suits the photo (rule of thirds, symmetry, "
+        "...; prompts/compositions.json), then crop to it",
+    )
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
     crop.add_argument(
         "-o",
@@ -153,14 +165,16 @@ def run_crop(args: argparse.Namespace) -> int:
                 if isinstance(result, CropperError):
                     raise result
                 if out is not None:
-                    save_image(result.image, out)  # the crop first: its line says it is done
+                    for rank, extra in enumerate(result.top_images[1:], start=2):
+                        save_image(extra, out.with_name(f"{out.stem}.top{rank}{out.suffix}"))
+                    save_image(result.image, out)  # the crop last: its line says it is done
                 if args.debug_dir:
                     _write_debug(result, Path(args.debug_dir), inputs[index].name)
             except CropperError as exc:
                 failures.append(str(exc) if image in str(exc) else f"{image}: {exc}")
                 print(f"cropper: {failures[-1]}", file=sys.stderr)
                 continue
-            summary = {**result.to_json(), "image": image}
+            summary = {**result.to_json(top=(args.top_k or 1) > 1), "image": image}
             if results_log is not None:
                 results_log.append(summary)
             if args.json:
@@ -201,7 +215,12 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~cropper.loop.Cropper` that the model options of a command name."""
     from cropper.loop import Cropper
 
-    options = {"coords": args.coords, "pixel_budget": args.pixel_budget}
+    options = {
+        "coords": args.coords,
+        "pixel_budget": args.pixel_budget,
+        "top_k": getattr(args, "top_k", None),
+        "compose": getattr(args, "compose", False),
+    }
     settings = {key: value for key, value in options.items() if value}
     return Cropper(
         vlm=args.vlm,

@@ -29,6 +29,13 @@ from cropper.batching import (
     pipelined,
 )
 from cropper.boxes import Box, dedupe, fit_aspect
+from cropper.composition import (
+    Composition,
+    composition_schema,
+    load_compositions,
+    parse_composition,
+)
+from cropper.diversity import diverse_top
 from cropper.errors import ConfigError, CropperError
 from cropper.exemplars import ExemplarSource, PromptExemplar
 from cropper.images import ImageInput, load_image
@@ -76,9 +83,13 @@ class CropConfig:
     # "NAME:MAX_PIXELS" for a server's max_pixels), so it does not resize them again and
     # pixel boxes mean what the model saw; None: the longer side fitted only.
     pixel_budget: Any = None
+    compose: bool = False  # first ask the VLM which composition suits the photo (KCM/CACNet)
+    top_k: int = 1  # crops in result.top: the best of all rounds that overlap little
+    diversity_iou: float = 0.5  # the most IoU two crops of result.top may share
 
     def __post_init__(self) -> None:
         budget_from_spec(self.pixel_budget)  # a bad name fails here, not mid-batch
+        diverse_top((), self.top_k, self.diversity_iou)  # so do a bad top_k and threshold
 
     def replace(self, **changes: Any) -> CropConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -137,6 +148,7 @@ class Cropper:
         self._exemplars = ExemplarSource(self.index) if self.index else None
         self._server = Server(self.vlm, self.embedder, self.scorer)
         self._no_vlm: HeadGridCrop | None = None
+        self._compositions: list[Composition] | None = None  # read when first needed
         if self.vlm is None:
             from cropper.baselines import HeadGridCrop
 
@@ -168,7 +180,7 @@ class Cropper:
         """
         cfg = self.config.replace(**settings) if settings else self.config
         if self._no_vlm is not None:
-            return self._no_vlm.crop(image, task, subject=subject, ratio=ratio)
+            return _with_top(self._no_vlm.crop(image, task, subject=subject, ratio=ratio), cfg)
         return drive_one(self._steps(image, task, subject, ratio, cfg), self._server)
 
     def crop_batch(
@@ -228,7 +240,7 @@ class Cropper:
 
         def run(positions: range) -> Iterator[tuple[int, CropResult | CropperError]]:
             if self._no_vlm is not None:
-                return self._crop_each_without_vlm(images, positions, task, subject, ratio)
+                return self._crop_each_without_vlm(images, positions, task, subject, ratio, cfg)
             steps = {i: self._steps(images[i], task, subject, ratio, cfg) for i in positions}
             return drive_many(steps, self._server)
 
@@ -241,12 +253,19 @@ class Cropper:
                 yield i, result
 
     def _crop_each_without_vlm(
-        self, images: Sequence[ImageInput], positions: range, task: str, subject: Any, ratio: Any
+        self,
+        images: Sequence[ImageInput],
+        positions: range,
+        task: str,
+        subject: Any,
+        ratio: Any,
+        cfg: CropConfig,
     ) -> Iterator[tuple[int, CropResult | CropperError]]:
         assert self._no_vlm is not None
         for i in positions:
             try:
-                yield i, self._no_vlm.crop(images[i], task, subject=subject, ratio=ratio)
+                result = self._no_vlm.crop(images[i], task, subject=subject, ratio=ratio)
+                yield i, _with_top(result, cfg)
             except CropperError as exc:
                 yield i, exc
 
@@ -263,11 +282,21 @@ class Cropper:
         subject_ = None
         if task == "subject":
             subject_ = yield from self._find_subject(subject, photo, query, cfg, trace)
+        composition = None
+        if cfg.compose:
+            composition = yield from self._choose_composition(
+                task, query, subject_, ratio_, cfg, trace
+            )
         embedding = yield from self._embed(photo, task)
         exemplars = self._retrieve(embedding, task, subject_, ratio_, cfg)
 
         variables = dict(
-            query=query, exemplars=exemplars, subject=subject_, ratio=ratio_, n_crops=cfg.crops
+            query=query,
+            exemplars=exemplars,
+            subject=subject_,
+            ratio=ratio_,
+            n_crops=cfg.crops,
+            composition=composition,
         )
         all_candidates: list[Candidate] = []
         feedback: list[Candidate] = []
@@ -310,6 +339,8 @@ class Cropper:
             subject=subject_,
             ratio=ratio_,
             source=_name(image) or None,
+            composition=composition.name if composition else None,
+            top=diverse_top(all_candidates, cfg.top_k, cfg.diversity_iou, first=best),
         )
 
     # -- steps -----------------------------------------------------------------
@@ -433,6 +464,34 @@ class Cropper:
         trace.append(Round(len(trace), "ground", prompt, tuple(replies), (), (note,)))
         return subject
 
+    def _choose_composition(
+        self,
+        task: str,
+        query: PromptPhoto,
+        subject: Subject | None,
+        ratio: Ratio | None,
+        cfg: CropConfig,
+        trace: list[Round],
+    ) -> Generator[Generate, Any, Composition | None]:
+        """Ask the VLM which of the prompt folder's compositions suits the photo."""
+        if self._compositions is None:
+            self._compositions = load_compositions(self.prompts.folder)
+        prompt = self.prompts.render(
+            task,
+            "compose",
+            coords=cfg.coords,
+            query=query,
+            subject=subject,
+            ratio=ratio,
+            compositions=self._compositions,
+        )
+        sampling = self._sampling(1, composition_schema(self._compositions), cfg, 0.0)
+        replies = yield Generate(prompt, sampling)
+        chosen = next((c for r in replies if (c := parse_composition(r, self._compositions))), None)
+        note = f"composition: {chosen.name}" if chosen else "the VLM named no known composition"
+        trace.append(Round(len(trace), "compose", prompt, tuple(replies), (), (note,)))
+        return chosen
+
     def close(self) -> None:
         if self.vlm is not None:
             self.vlm.close()
@@ -472,6 +531,15 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
+
+
+def _with_top(result: CropResult, cfg: CropConfig) -> CropResult:
+    top = diverse_top(result.candidates, cfg.top_k, cfg.diversity_iou, first=_chosen(result))
+    return dataclasses.replace(result, top=top)
+
+
+def _chosen(result: CropResult) -> Candidate | None:
+    return next((c for c in result.candidates if c.box == result.box), None)
 
 
 def _name(image: ImageInput) -> str:

@@ -62,6 +62,9 @@ class CropResult:
     subject: Subject | None = None
     ratio: Ratio | None = None
     source: str | None = None  # the photo's path, when it came from a file
+    composition: str | None = None  # what the composition step chose (compose=True)
+    # The best crops of all rounds that overlap little (top_k), the chosen one first.
+    top: tuple[Candidate, ...] = field(default=(), repr=False)
 
     @property
     def size(self) -> Size:
@@ -103,11 +106,29 @@ class CropResult:
 
         return write_debug(self, folder, images=images)
 
-    def to_json(self) -> dict[str, Any]:
-        """The summary a command line writes: image, task, box in pixels, score."""
-        return {
+    def to_json(self, top: bool | None = None) -> dict[str, Any]:
+        """The summary a command line writes: image, task, box in pixels, score.
+
+        ``top`` lists the diverse crops of :attr:`top` (box in pixels, score) when ``top``
+        is true, or by default when there are several; ``composition`` names the one the
+        composition step chose.
+        """
+        summary: dict[str, Any] = {
             "image": self.source,
             "task": self.task,
             "box": list(self.pixels),
             "score": round(self.score, 6),
         }
+        if top or (top is None and len(self.top) > 1):
+            summary["top"] = [
+                {"box": list(c.box.to_pixels(self.size)), "score": round(c.score, 6)}
+                for c in self.top
+            ]
+        if self.composition:
+            summary["composition"] = self.composition
+        return summary
+
+    @property
+    def top_images(self) -> list[Image.Image]:
+        """The crops of :attr:`top`, best first."""
+        return [self.photo.crop(c.box.to_pixels(self.size)) for c in self.top]

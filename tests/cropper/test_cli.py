@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 
 from cropper.cli import main
+from cropper.composition import load_compositions
+from cropper.prompts import default_prompt_dir
 from cropper.testing.openai_server import OpenAICompatibleServer
 
 
@@ -106,3 +108,20 @@ def test_photos_sharing_a_name_do_not_overwrite_each_other(server, photos, tmp_p
     assert run(server, photos[0], twin, "-o", tmp_path / "out") == 2
     assert "share a file name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_top_k_and_compose_through_a_real_server(server, photos, tmp_path, capsys):
+    out = tmp_path / "crops"
+    out.mkdir()
+    assert run(server, photos[0], "--top-k", "3", "--compose", "--json", "-o", out) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["composition"] in {c.name for c in load_compositions(default_prompt_dir())}
+    assert 1 <= len(line["top"]) <= 3 and line["top"][0]["box"] == line["box"]
+    extra = sorted(p.name for p in out.iterdir() if ".top" in p.name)
+    assert extra == [f"p0.top{k}.jpg" for k in range(2, len(line["top"]) + 1)]
+    compose_requests = [
+        r
+        for r in server.chat_requests
+        if "composition" in json.dumps(r.body.get("response_format"))
+    ]
+    assert compose_requests, "the composition step asked the server"
