@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pixel), qwen3-vl, or NAME:MAX_PIXELS for a server's max_pixels (default: none)",
     )
     crop.add_argument(
+        "--score-weights",
+        metavar="TERMS",
+        help="how much each score term counts, e.g. aesthetic=1,area=1,knowledge=1 (terms: "
+        "aesthetic, area, content, knowledge; default: the paper's for the task)",
+    )
+    crop.add_argument(
         "--top-k",
         type=positive_int,
         help="also return the K best crops of all rounds that overlap little (IoU <= 0.5), "
@@ -223,6 +229,7 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
     }
     settings = {key: value for key, value in options.items() if value}
     return Cropper(
+        score_weights=getattr(args, "score_weights", None),
         vlm=args.vlm,
         clip=args.clip,
         head=args.head,

@@ -61,7 +61,7 @@ def write_debug(
         "subject": _subject_json(result),
         "ratio": result.ratio.text if result.ratio else None,
         "box": list(result.pixels),
-        "box_normalized": _unit(result.box.as_array()),
+        "box_normalized": _rounded(result.box.as_array()),
         "score": result.score,
         "rounds": rounds,
     }
@@ -115,7 +115,7 @@ def _round_json(r: Round, size: tuple[int, int], folder: str) -> dict[str, Any]:
 def _candidate_json(c: Candidate, size: tuple[int, int]) -> dict[str, Any]:
     return {
         "box": list(c.box.to_pixels(size)),
-        "box_normalized": _unit(c.box.as_array()),
+        "box_normalized": _rounded(c.box.as_array()),
         "score": c.score,
         "terms": c.terms,
         "source": c.source,
@@ -128,11 +128,11 @@ def _subject_json(result: CropResult) -> dict[str, Any] | None:
         return None
     return {
         "point": list(s.point),
-        "box": _unit(s.box.as_array()) if s.box else None,
+        "box": _rounded(s.box.as_array()) if s.box else None,
         "text": s.text,
         "source": s.source,
     }
 
 
-def _unit(values: Any) -> list[float]:
+def _rounded(values: Any) -> list[float]:
     return [round(float(v), 6) for v in values]

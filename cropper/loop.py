@@ -39,13 +39,14 @@ from cropper.diversity import diverse_top
 from cropper.errors import ConfigError, CropperError
 from cropper.exemplars import ExemplarSource, PromptExemplar
 from cropper.images import ImageInput, load_image
+from cropper.knowledge import KNOWLEDGE_DIR, KnowledgeTerm
 from cropper.messages import Conversation
 from cropper.parsing import parse_boxes, parse_reply
 from cropper.prompts import PromptPhoto, PromptSet
 from cropper.result import Candidate, CropResult, Round
-from cropper.scoring import Scorer
+from cropper.scoring import Scorer, Weights
 from cropper.sizing import budget_from_spec, fit_to_budget
-from cropper.tasks import Ratio, Subject, check_request, subject_from_spec
+from cropper.tasks import TASKS, Ratio, Subject, check_request, check_task, subject_from_spec
 from cropper.vlm.base import VLM, Sampling
 from cropper.vlm.schema import boxes_schema, ground_schema
 
@@ -120,6 +121,11 @@ class Cropper:
         index: a bank folder (see ``retrieval``) or an ``ExemplarIndex``; without
             one the loop runs zero-shot.
         prompts: a folder of prompt files; default: the shipped ones.
+        score_weights: how much each score term counts (see :mod:`cropper.scoring`):
+            ``"aesthetic=1,area=1,knowledge=1"`` or a :class:`~cropper.scoring.Weights` for
+            every task, or a dict of them by task; default: the paper's per task. A
+            ``knowledge`` weight scores crops against the prompt folder's
+            ``knowledge/good.txt`` and ``bad.txt`` (:mod:`cropper.knowledge`).
         config: a :class:`CropConfig`; ``**settings`` override its fields.
         api_key: for a server that needs one (else ``$CROPPER_API_KEY``).
     """
@@ -134,6 +140,7 @@ class Cropper:
         prompts: str | Path | PromptSet | None = None,
         config: CropConfig | None = None,
         api_key: str | None = None,
+        score_weights: Any = None,
         **settings: Any,
     ):
         self.config = (config or CropConfig()).replace(**settings)
@@ -143,7 +150,13 @@ class Cropper:
         self.embedder = components.make_embedder(clip, index)
         # Exemplars only feed the VLM's prompt: without a VLM the bank is left unloaded.
         self.index = components.make_index(index, self.embedder) if vlm is not None else None
-        self.scorer = Scorer(self.embedder, components.make_head(head, self.embedder))
+        weights = _weights_by_task(score_weights)
+        self.scorer = Scorer(
+            self.embedder,
+            components.make_head(head, self.embedder),
+            weights=weights,
+            knowledge=self._knowledge(weights),
+        )
         self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key)
         self._exemplars = ExemplarSource(self.index) if self.index else None
         self._server = Server(self.vlm, self.embedder, self.scorer)
@@ -156,6 +169,12 @@ class Cropper:
             log.info("no VLM: cropping with the aesthetic head over GAICD's grid candidates")
         elif self.index is None:
             log.info("no exemplar index: cropping zero-shot (pass index= a bank folder)")
+
+    def _knowledge(self, weights: dict[str, Weights]) -> KnowledgeTerm | None:
+        """The knowledge term, built only when some task weighs it and there is an embedder."""
+        if self.embedder is None or not any(w.knowledge > 0 for w in weights.values()):
+            return None
+        return KnowledgeTerm.from_folder(self.embedder, self.prompts.folder / KNOWLEDGE_DIR)
 
     # -- the loop --------------------------------------------------------------
     def crop(
@@ -531,6 +550,32 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
+
+
+def _weights_by_task(spec: Any) -> dict[str, Weights]:
+    """``score_weights`` as a Weights a task: one for all tasks, or a dict by task."""
+    if spec is None:
+        return {}
+    if isinstance(spec, (str, Weights)):
+        return {task: _as_weights(spec) for task in TASKS}
+    if isinstance(spec, dict):
+        for task in spec:
+            check_task(task)
+        return {task: _as_weights(w) for task, w in spec.items()}
+    raise ConfigError(
+        f"score_weights must be 'term=weight,...', a Weights or a dict of them by task; "
+        f"got {type(spec).__name__}"
+    )
+
+
+def _as_weights(spec: Any) -> Weights:
+    if isinstance(spec, Weights):
+        return spec
+    if isinstance(spec, str):
+        return Weights.parse(spec)
+    if isinstance(spec, dict):
+        return Weights.parse(",".join(f"{k}={v}" for k, v in spec.items()))
+    raise ConfigError(f"score weights {spec!r}: write 'aesthetic=1,knowledge=1' or a Weights")
 
 
 def _with_top(result: CropResult, cfg: CropConfig) -> CropResult:

@@ -1,8 +1,10 @@
 """Score candidate crops: a weighted mean of terms in [0, 1].
 
 Terms: *aesthetic* (the aesthetic head over the crop's embedding), *area* (the crop's share
-of the photo) and *content* (cosine of the crop's and the photo's embeddings, clipped at 0).
-A term whose model is missing is dropped with a one-time warning; the rest are re-weighted.
+of the photo), *content* (cosine of the crop's and the photo's embeddings, clipped at 0) and
+*knowledge* (CLIP's similarity to good minus bad composition prompts; see
+:mod:`cropper.knowledge`, off unless weighted). A term whose model is missing is dropped
+with a one-time warning; the rest are re-weighted.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ if TYPE_CHECKING:
 
     from cropper.boxes import Box
     from cropper.head import AestheticHead
+    from cropper.knowledge import KnowledgeTerm
 
 logger = logging.getLogger(__name__)
 
-TERMS = ("aesthetic", "area", "content")
+TERMS = ("aesthetic", "area", "content", "knowledge")
+#: Terms computed from the crops' embeddings.
+_EMBEDDED = ("aesthetic", "content", "knowledge")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,25 @@ class Weights:
     aesthetic: float = 0
     area: float = 0
     content: float = 0
+    knowledge: float = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Weights:
+        """``"aesthetic=1,area=1,knowledge=0.5"``; terms left out weigh 0."""
+        values: dict[str, float] = {}
+        for item in filter(None, (s.strip() for s in text.split(","))):
+            name, sep, value = item.partition("=")
+            try:
+                number = float(value) if sep else 1.0
+            except ValueError:
+                number = -1.0
+            if name.strip() not in TERMS or not (np.isfinite(number) and number >= 0):
+                raise ConfigError(
+                    f"score weights {text!r}: write TERM=WEIGHT pairs separated by commas, "
+                    f"TERM one of {', '.join(TERMS)} and WEIGHT >= 0, e.g. aesthetic=1,knowledge=1"
+                )
+            values[name.strip()] = number
+        return cls(**values)
 
     def __post_init__(self) -> None:
         values = [getattr(self, t) for t in TERMS]
@@ -67,6 +91,7 @@ class Scorer:
         embedder: Embedder | None = None,
         head: AestheticHead | str | None = None,
         weights: Mapping[str, Weights] | None = None,
+        knowledge: KnowledgeTerm | None = None,
     ):
         if isinstance(head, str):
             from cropper.head import load_head
@@ -85,6 +110,7 @@ class Scorer:
                 )
         self.embedder = embedder
         self.head = head
+        self.knowledge = knowledge
         self.weights: dict[str, Weights] = {**TASK_WEIGHTS, **(weights or {})}
         self._noted: set[str] = set()
 
@@ -101,21 +127,28 @@ class Scorer:
             )
         wanted = {t: float(getattr(self.weights[task], t)) for t in TERMS}
         wanted = {t: w for t, w in wanted.items() if w > 0}
-        if self.embedder is None and ({"aesthetic", "content"} & set(wanted)):
+        if self.embedder is None and (set(_EMBEDDED) & set(wanted)):
             self._note_once(
                 "embedder",
-                "no embedder: scoring with area only (aesthetic and content need image "
-                "embeddings; pass an embedder to Scorer)",
+                "no embedder: scoring with area only (aesthetic, content and knowledge need "
+                "image embeddings; pass an embedder to Scorer)",
             )
-            wanted.pop("aesthetic", None)
-            wanted.pop("content", None)
-        elif self.head is None and "aesthetic" in wanted:
+            for term in _EMBEDDED:
+                wanted.pop(term, None)
+        if self.head is None and "aesthetic" in wanted:
             self._note_once(
                 "head",
-                "no aesthetic head: scoring with area and content only (pass head=..., e.g. "
+                "no aesthetic head: scoring without the aesthetic term (pass head=..., e.g. "
                 "cropper.head.DEFAULT_HEAD)",
             )
             wanted.pop("aesthetic")
+        if self.knowledge is None and "knowledge" in wanted:
+            self._note_once(
+                "knowledge",
+                "no knowledge prompts: scoring without the knowledge term (pass "
+                "knowledge=KnowledgeTerm(...))",
+            )
+            wanted.pop("knowledge")
         if not wanted:
             self._note_once(
                 f"fallback:{task}",
@@ -146,7 +179,7 @@ class Scorer:
         """
         weights = [self.active_weights(task) for _, _, task, _ in items]
         needs = [
-            bool(boxes) and ("aesthetic" in w or "content" in w)
+            bool(boxes) and bool(set(_EMBEDDED) & set(w))
             for (_, boxes, _, _), w in zip(items, weights, strict=True)
         ]
         wants_whole = [need and "content" in w for need, w in zip(needs, weights, strict=True)]
@@ -161,6 +194,9 @@ class Scorer:
                 terms["aesthetic"] = self.head.score(crops[i])
             if needs[i] and "content" in weights[i]:
                 terms["content"] = np.clip(crops[i] @ wholes[i], 0.0, 1.0)
+            if needs[i] and "knowledge" in weights[i]:
+                assert self.knowledge is not None  # kept only with prompts, as above
+                terms["knowledge"] = self.knowledge.score(crops[i])
             norm = sum(weights[i].values())
             scores = []
             for j in range(len(boxes)):
@@ -198,7 +234,7 @@ class Scorer:
                         f"image_embedding must have {dim} values (the embedder's dim), "
                         f"got shape {np.shape(given)}"
                     )
-                whole_of[i] = _unit(whole[None])[0]
+                whole_of[i] = unit_rows(whole[None])[0]
             elif wants_whole[i]:
                 whole_row = len(images)
                 images.append(image)
@@ -209,7 +245,7 @@ class Scorer:
                 f"embedder {self.embedder.name!r} returned shape {out.shape} for {len(images)} "
                 f"images, expected ({len(images)}, {dim})"
             )
-        out = _unit(out)
+        out = unit_rows(out)
         for i, first, whole_row in spans:
             crops_of[i] = out[first : first + len(items[i][1])]
             if whole_row >= 0:
@@ -217,5 +253,6 @@ class Scorer:
         return crops_of, whole_of
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (a zero row stays zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

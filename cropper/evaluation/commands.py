@@ -19,6 +19,9 @@ def add_eval_commands(commands: Any) -> None:
         help="measure crops the way the benchmarks do",
         description="Measure crops, or predicted crop scores, against a benchmark's annotations.",
     )
+    from cropper.cli import none_or
+    from cropper.components import DEFAULT
+
     actions = eval_.add_subparsers(dest="eval_command", required=True)
     _add_crop_command(actions)
 
@@ -33,8 +36,19 @@ def add_eval_commands(commands: Any) -> None:
         "--predictions",
         required=True,
         help='JSONL, one photo a line: {"image": name, "scores": [one per annotated crop, '
-        "in annotation order]}",
+        "in annotation order]}; with --score-with, where cropper writes its own",
     )
+    scores.add_argument(
+        "--score-with",
+        metavar="TERMS",
+        help="score the annotated crops with cropper's own terms first, alone or combined: "
+        "e.g. knowledge, or aesthetic=1,knowledge=1 (terms: aesthetic, area, content, "
+        "knowledge); needs the photos",
+    )
+    scores.add_argument("--clip", type=none_or, default=DEFAULT, help="open_clip model")
+    scores.add_argument("--head", type=none_or, default=DEFAULT, help="aesthetic head")
+    scores.add_argument("--prompts", help="prompt folder whose knowledge/ prompts to use")
+    scores.add_argument("--no-progress", action="store_true", help="no progress bar")
     scores.set_defaults(run=run_scores)
 
     boxes = actions.add_parser(
@@ -189,6 +203,8 @@ def run_scores(args: argparse.Namespace) -> int:
     from cropper.metrics import score_keys
 
     truths = load_truth(args.dataset, args.root, args.split, images=args.images)
+    if args.score_with:
+        _score_crops(args)
     result = evaluate_scores(truths, args.predictions)
     rows = [
         ("Acc@5", [f"acc{k}_5" for k in (1, 2, 3, 4)] + ["acc5"]),
@@ -202,6 +218,23 @@ def run_scores(args: argparse.Namespace) -> int:
     table.append(f"SRCC {result['srcc']:.3f}   PCC {result['pcc']:.3f}")
     _report(truths.label, args.predictions, result, table, score_keys())
     return 0
+
+
+def _score_crops(args: argparse.Namespace) -> None:
+    from cropper.evaluation.harness import dataset_task, eval_photos
+    from cropper.evaluation.score_crops import build_scorer, write_score_predictions
+    from cropper.scoring import Weights
+
+    task = dataset_task(args.dataset, None)
+    scorer = build_scorer(
+        Weights.parse(args.score_with), task, clip=args.clip, head=args.head, prompts=args.prompts
+    )
+    photos = eval_photos(args.dataset, args.root, args.split, images=args.images)
+    failures = write_score_predictions(
+        photos, scorer, task, args.predictions, progress=not args.no_progress
+    )
+    for failure in failures:
+        print(f"cropper: could not score {failure}", file=sys.stderr)
 
 
 def run_boxes(args: argparse.Namespace) -> int:

@@ -157,7 +157,7 @@ def test_missing_head_logs_once_and_scores_stay_valid(caplog: pytest.LogCaptureF
         first = scorer.score(red_blue_photo(), [LEFT, WHOLE], "free")
         second = scorer.score(red_blue_photo(), [RIGHT], "subject")
     notes = [r.getMessage() for r in caplog.records if "no aesthetic head" in r.getMessage()]
-    assert len(notes) == 1 and "area and content only" in notes[0]
+    assert len(notes) == 1 and "without the aesthetic term" in notes[0]
     assert [s.terms for s in first] == [{"area": 0.5}, {"area": 1.0}]
     assert [s.total for s in first + second] == pytest.approx([0.5, 1.0, 0.5])
     assert embedder.calls == []  # area alone needs no embeddings
