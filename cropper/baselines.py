@@ -68,10 +68,11 @@ class Baseline:
         *,
         subject: Any = None,
         ratio: Any = None,
+        allow_urls: bool = False,
     ) -> CropResult:
         """Crop one photo; the arguments and their errors are those of ``Cropper.crop``."""
         task, ratio_ = check_request(task, subject=subject, ratio=ratio)
-        photo = load_image(image)
+        photo = load_image(image, allow_urls=allow_urls)
         subject_ = _subject(subject, photo) if task == "subject" else None
         ranked = self.rank(photo, task, subject_, ratio_)
         candidates = sorted(
@@ -212,7 +213,9 @@ class HeadGridCrop(Baseline):
         if ratio is not None:
             boxes = ratio_candidates(size, ratio.value)
         else:
-            boxes = grid_candidates(size)
+            # A panorama or a strip has no grid crop within GAICD's ratio limits: its own
+            # ratio's sweep stands in, so every photo gets candidates.
+            boxes = grid_candidates(size) or ratio_candidates(size, size[0] / size[1], steps=3)
             if subject is not None:
                 own = ratio_candidates(size, size[0] / size[1], steps=3)
                 boxes = _holding(boxes + own, subject)

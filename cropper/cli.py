@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="first ask the VLM which composition suits the photo (rule of thirds, symmetry, "
         "...; prompts/compositions.json), then crop to it",
     )
+    crop.add_argument(
+        "--allow-urls",
+        action="store_true",
+        help="fetch photos given as http(s) URLs (at most 50 MB and 20 s each)",
+    )
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
     crop.add_argument(
         "-o",
@@ -166,7 +171,7 @@ def run_crop(args: argparse.Namespace) -> int:
         )
         for position, result in stream:
             index = todo[position]
-            image, out = inputs[index].path, outputs[index]
+            image, out = _shown(inputs[index].path), outputs[index]
             try:
                 if isinstance(result, CropperError):
                     raise result
@@ -191,6 +196,13 @@ def run_crop(args: argparse.Namespace) -> int:
     if failures:
         print(_failure_summary(failures, len(todo)), file=sys.stderr)
     return 1 if failures else 0
+
+
+def _shown(path: str) -> str:
+    """How outputs name a photo: a URL without any password in it."""
+    from cropper.fetch import is_url, show_url
+
+    return show_url(path) if is_url(path) else path
 
 
 #: Failures listed one by one at the end of a batch; the rest are counted.
@@ -226,6 +238,7 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
         "pixel_budget": args.pixel_budget,
         "top_k": getattr(args, "top_k", None),
         "compose": getattr(args, "compose", False),
+        "allow_urls": getattr(args, "allow_urls", False),
     }
     settings = {key: value for key, value in options.items() if value}
     return Cropper(
@@ -248,7 +261,7 @@ def _not_done(inputs: Sequence[Any], outputs: Sequence[Path | None], log: Path |
     return [
         i
         for i, (item, out) in enumerate(zip(inputs, outputs, strict=True))
-        if not (item.path in done and out is not None and out.exists())
+        if not (_shown(item.path) in done and out is not None and out.exists())
     ]
 
 

@@ -1,4 +1,4 @@
-"""What ``cropper crop`` is given to crop: photos, folders, globs and ``@lists``."""
+"""What ``cropper crop`` is given to crop: photos, folders, globs, ``@lists`` and URLs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import glob
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 from cropper.errors import ConfigError
+from cropper.fetch import is_url
 
 #: File suffixes taken as photos when a folder or glob is given.
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -27,12 +29,16 @@ def expand_inputs(specs: Sequence[str]) -> list[Input]:
     """The photos ``specs`` name, in order.
 
     A folder gives its photos (subfolders too, sorted), a glob its matches, ``@list.txt``
-    its lines (one path a line; blank lines and ``#`` comments skipped), and any other
-    spec is a path as given (a missing file is reported when it is cropped).
+    its lines (one path or URL a line; blank lines and ``#`` comments skipped), a URL
+    itself (a ``?`` in it is no glob; whether it may be fetched is decided when it is
+    cropped), and any other spec is a path as given (a missing file is reported when it
+    is cropped).
     """
     out: list[Input] = []
     for spec in specs:
-        if spec.startswith("@"):
+        if is_url(spec):
+            out.append(Input(spec, _url_name(spec)))
+        elif spec.startswith("@"):
             out += _from_list(Path(spec[1:]))
         elif os.path.isdir(spec):
             out += _from_folder(Path(spec))
@@ -43,7 +49,8 @@ def expand_inputs(specs: Sequence[str]) -> list[Input]:
             out += [Input(p, Path(p).name) for p in found]
         else:
             out.append(Input(spec, Path(spec).name))
-    return out
+    # A URL whose path names no photo is named by its place in the run.
+    return [i if i.name else Input(i.path, f"photo-{n}.jpg") for n, i in enumerate(out, 1)]
 
 
 def _from_list(path: Path) -> list[Input]:
@@ -52,7 +59,17 @@ def _from_list(path: Path) -> list[Input]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"@{path}: cannot read the list of photos ({exc})") from None
     paths = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    return [Input(p, Path(p).name) for p in paths]
+    return [Input(p, _url_name(p) if is_url(p) else Path(p).name) for p in paths]
+
+
+def _url_name(url: str) -> str:
+    """The file name a URL's path ends in, or ``""`` when that is no plain photo name."""
+    try:
+        name = PurePosixPath(unquote(urlsplit(url).path)).name
+    except ValueError:
+        return ""
+    # The name becomes a file under the output folder: a plain, printable photo name only.
+    return name if name.isprintable() and "\\" not in name and _is_photo(Path(name)) else ""
 
 
 def _from_folder(folder: Path) -> list[Input]:

@@ -38,6 +38,7 @@ from cropper.composition import (
 from cropper.diversity import diverse_top
 from cropper.errors import ConfigError, CropperError
 from cropper.exemplars import ExemplarSource, PromptExemplar
+from cropper.fetch import is_url, show_url
 from cropper.images import ImageInput, load_image
 from cropper.knowledge import KNOWLEDGE_DIR, KnowledgeTerm
 from cropper.messages import Conversation
@@ -87,6 +88,7 @@ class CropConfig:
     compose: bool = False  # first ask the VLM which composition suits the photo (KCM/CACNet)
     top_k: int = 1  # crops in result.top: the best of all rounds that overlap little
     diversity_iou: float = 0.5  # the most IoU two crops of result.top may share
+    allow_urls: bool = False  # fetch photos given as http(s) URLs (size and time limited)
 
     def __post_init__(self) -> None:
         budget_from_spec(self.pixel_budget)  # a bad name fails here, not mid-batch
@@ -199,7 +201,10 @@ class Cropper:
         """
         cfg = self.config.replace(**settings) if settings else self.config
         if self._no_vlm is not None:
-            return _with_top(self._no_vlm.crop(image, task, subject=subject, ratio=ratio), cfg)
+            result = self._no_vlm.crop(
+                image, task, subject=subject, ratio=ratio, allow_urls=cfg.allow_urls
+            )
+            return _with_top(result, cfg)
         return drive_one(self._steps(image, task, subject, ratio, cfg), self._server)
 
     def crop_batch(
@@ -283,7 +288,9 @@ class Cropper:
         assert self._no_vlm is not None
         for i in positions:
             try:
-                result = self._no_vlm.crop(images[i], task, subject=subject, ratio=ratio)
+                result = self._no_vlm.crop(
+                    images[i], task, subject=subject, ratio=ratio, allow_urls=cfg.allow_urls
+                )
                 yield i, _with_top(result, cfg)
             except CropperError as exc:
                 yield i, exc
@@ -293,7 +300,7 @@ class Cropper:
     ) -> Steps:
         """One photo's loop; it yields what it needs from the models (see cropper.batching)."""
         task, ratio_ = check_request(task, subject=subject, ratio=ratio)
-        photo = load_image(image)
+        photo = load_image(image, allow_urls=cfg.allow_urls)
         budget = budget_from_spec(cfg.pixel_budget)
         query = PromptPhoto(fit_to_budget(photo, budget, cfg.query_side), key=_name(image))
         trace: list[Round] = []
@@ -588,4 +595,7 @@ def _chosen(result: CropResult) -> Candidate | None:
 
 
 def _name(image: ImageInput) -> str:
-    return str(image) if isinstance(image, (str, Path)) else ""
+    # A URL is named without any password it carries: the name goes into traces and files.
+    if not isinstance(image, (str, Path)):
+        return ""
+    return show_url(str(image)) if is_url(str(image)) else str(image)
