@@ -15,6 +15,8 @@ _EXPORTS = {
     "read_jsonl": "retrieval.exemplars",
     "load_dataset": "retrieval.datasets",
     "DATASETS": "retrieval.datasets",
+    "load_pro": "retrieval.datasets",
+    "merge_banks": "retrieval.merge",
     "ExemplarIndex": "retrieval.index",
     "Hit": "retrieval.index",
     "ExemplarCrop": "retrieval.selection",

@@ -1,4 +1,4 @@
-"""``cropper index build`` and ``cropper index info``: exemplar banks from the command line."""
+"""``cropper index build``, ``merge`` and ``info``: exemplar banks from the command line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cropper.defaults import DEFAULT_CLIP
 
 
 def add_index_commands(commands: Any) -> None:
-    """Register ``index build`` and ``index info`` under the main parser's subcommands."""
+    """Register ``index build``, ``merge`` and ``info`` under the main parser's subcommands."""
     index = commands.add_parser(
         "index",
         help="build and inspect exemplar banks",
@@ -27,8 +27,9 @@ def add_index_commands(commands: Any) -> None:
     build.add_argument(
         "--dataset",
         required=True,
-        help="gaicd, fcdb, sacd, jsonl (a file of your crops) or folder "
-        "(photos with a sidecar JSON each)",
+        help="gaicd, fcdb, sacd, jsonl (a file of your crops), folder "
+        "(photos with a sidecar JSON each) or pro (uncropped professional photos, each "
+        "its own crop; sidecars of sub-crops optional)",
     )
     build.add_argument("--root", required=True, help="the dataset's folder (or the .jsonl file)")
     build.add_argument("--split", help="train, test, ... (default: all)")
@@ -51,6 +52,23 @@ def add_index_commands(commands: Any) -> None:
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(run=run_build)
+
+    merge = actions.add_parser(
+        "merge",
+        help="merge banks built with one embedder into one bank",
+        description="Write a bank that serves the exemplars of every bank given "
+        "(e.g. a professional bank and a benchmark's); the banks are left as they are.",
+    )
+    merge.add_argument("banks", nargs="+", metavar="BANK", help="the bank folders to merge (2+)")
+    merge.add_argument("--out", required=True, help="the merged bank folder to write")
+    merge.add_argument(
+        "--index-type",
+        choices=["auto", "flat", "hnsw"],
+        default="auto",
+        help="exact search, HNSW, or auto: HNSW for large banks",
+    )
+    merge.add_argument("--no-progress", action="store_true", help="no progress bar")
+    merge.set_defaults(run=run_merge)
 
     info = actions.add_parser("info", help="print a bank's manifest as JSON")
     info.add_argument("bank", help="the bank folder")
@@ -86,6 +104,24 @@ def run_build(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 2),
         "photos_per_s": round(len(bank) / seconds, 2) if seconds > 0 else None,
         **{k: v for k, v in bank.manifest.items() if k.startswith(("index", "recall"))},
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from retrieval.index import ExemplarIndex
+    from retrieval.merge import merge_banks
+
+    out = merge_banks(
+        args.banks, args.out, index_type=args.index_type, progress=not args.no_progress
+    )
+    manifest = ExemplarIndex.load(out).manifest  # checks the merged bank reads back
+    summary = {
+        "bank": str(args.out),
+        "count": manifest["count"],
+        "sources": manifest["sources"],
+        **{k: v for k, v in manifest.items() if k.startswith(("index", "recall"))},
     }
     print(json.dumps(summary))
     return 0

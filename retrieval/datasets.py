@@ -26,6 +26,13 @@ dataset has them and subjects where it has them.
 - ``folder``: photos with a sidecar JSON each (``a.jpg`` + ``a.json``) holding a
   JSONL record without ``"image"``: ``{"crops": [[l, t, r, b], ...], "scores":
   [...], "subject": [x, y]}`` in pixels; photos without one are skipped.
+- ``pro``: uncropped professional photos under root (subfolders too), after ProCrop:
+  a professional's framing is itself a good crop, so each whole photo is its own
+  first crop (``[0, 0, w, h]``), scored :data:`PRO_WHOLE_SCORE` (5.0, the top of
+  the 1-5 MOS scale the free-form prompt shows). An optional sidecar (``a.json``
+  beside ``a.jpg``, the ``folder`` format, every key optional) adds sub-crops after
+  it, scored as given or :data:`PRO_SUBCROP_SCORE` (4.0) when it gives none, and a
+  subject for every crop; without one the whole photo has no subject.
 
 Missing or unreadable photos and malformed annotations are skipped and reported
 in one warning; when none is usable, :class:`ExemplarIndexError`. Reading the
@@ -65,7 +72,6 @@ log = logging.getLogger(__name__)
 PixelBox = tuple[float, float, float, float]
 PathLike = str | os.PathLike
 
-#: File suffixes looked at as photos when searching a folder.
 #: GAICD's single-JSON boxes are pixels of the photos scaled to this long side.
 GAICD_LONG_SIDE = 1024
 #: A GAICD crop with this MOS was not rated: skipped.
@@ -73,6 +79,10 @@ GAICD_UNRATED = -2.0
 #: SACD's crops have no MOS: the best crop scores higher, so it comes first by score.
 SACD_BEST_SCORE = 1.0
 SACD_OTHER_SCORE = 0.5
+#: A professional photo's whole frame is a top crop: the best MOS the free-form prompt shows.
+PRO_WHOLE_SCORE = 5.0
+#: Sub-crops of a professional photo given without scores rank below the whole photo.
+PRO_SUBCROP_SCORE = 4.0
 FCDB_FILES = {"train": "cropping_training_set.json", "test": "cropping_testing_set.json"}
 #: Pixels a box may pass the photo's edge (annotation rounding) and be clamped, not refused.
 _SLACK = 1.0
@@ -130,8 +140,9 @@ def read_annotations(
     """The records of benchmark ``name`` (gaicd, fcdb or sacd) without looking at any photo.
 
     ``images`` matters to SACD only, whose records name their photo's path. The
-    ``jsonl`` and ``folder`` datasets have no annotations apart from their photos (their
-    crops are checked against each photo as it is read): :func:`load_dataset` reads them.
+    ``jsonl``, ``folder`` and ``pro`` datasets have no annotations apart from their photos
+    (their crops are checked against each photo as it is read): :func:`load_dataset`
+    reads them.
     """
     readers: dict[str, Callable[[Path], Annotations]] = {
         "gaicd": lambda folder: read_gaicd(folder, split),
@@ -236,13 +247,77 @@ def load_folder(
             skipped.add(UNREADABLE, f"{name} ({exc})")
             continue
         try:
-            record = json.loads(sidecar.read_text(encoding="utf-8"))
-            if not isinstance(record, dict):
-                raise RecordError("not a JSON object")
+            record = _read_sidecar(sidecar)
             exemplars.append(parse_record({**record, "image": photo.name}, photo.parent))
         except (OSError, UnicodeDecodeError, ValueError) as exc:  # RecordError is a ValueError
             skipped.add(MALFORMED, f"{sidecar.relative_to(folder).as_posix()} ({exc})")
     return _finish(exemplars, skipped, len(photos), label, expected, "photos")
+
+
+def load_pro(
+    root: PathLike, split: str | None = None, *, images: PathLike | None = None
+) -> list[Exemplar]:
+    """Uncropped professional photos under ``root`` (subfolders too), each its own top crop.
+
+    Every photo's first crop is the whole photo, scored :data:`PRO_WHOLE_SCORE`; an
+    optional sidecar adds sub-crops and a subject (see the module docstring).
+    """
+    _no_split_or_images("pro", split, images, "the photos are the ones under root")
+    folder = _folder(root, "pro")
+    label = dataset_label("pro", folder, None)
+    expected = (
+        "uncropped photos, each with an optional sidecar of sub-crops "
+        '(a.jpg + a.json: {"crops": [[l, t, r, b], ...], "scores": [...], "subject": [x, y]})'
+    )
+    photos = sorted(_photos_under(folder))
+    if not photos:
+        raise ExemplarIndexError(f"{label}: no photos found; expected {expected}")
+    exemplars: list[Exemplar] = []
+    skipped = _Skipped()
+    for photo in photos:
+        name = photo.relative_to(folder).as_posix()
+        try:
+            size = photo_size(photo)
+        except PHOTO_ERRORS as exc:
+            skipped.add(UNREADABLE, f"{name} ({exc})")
+            continue
+        sidecar = photo.with_suffix(".json")
+        try:
+            record = _read_sidecar(sidecar) if sidecar.is_file() else {}
+            exemplars.append(_pro_exemplar(photo, size, record))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # RecordError is a ValueError
+            skipped.add(MALFORMED, f"{sidecar.relative_to(folder).as_posix()} ({exc})")
+    return _finish(exemplars, skipped, len(photos), label, expected, "photos")
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        raise RecordError("not a JSON object")
+    return record
+
+
+def _pro_exemplar(photo: Path, size: Size, record: dict[str, Any]) -> Exemplar:
+    """The whole photo first, then the sidecar's sub-crops, through the sidecar parser."""
+    sub = record.get("crops", [])
+    if not isinstance(sub, list):
+        raise RecordError('"crops" must be a list of [left, top, right, bottom] pixels')
+    scores = record.get("scores")
+    if scores is None:
+        scores = [PRO_SUBCROP_SCORE] * len(sub)
+    elif not isinstance(scores, list) or len(scores) != len(sub):
+        raise RecordError(f'"scores" must be a list of one number per crop ({len(sub)} crops)')
+    whole = [0, 0, size[0], size[1]]
+    kept = [(crop, score) for crop, score in zip(sub, scores, strict=True) if crop != whole]
+    return parse_record(
+        {
+            **record,
+            "image": photo.name,
+            "crops": [whole, *(crop for crop, _ in kept)],
+            "scores": [PRO_WHOLE_SCORE, *(score for _, score in kept)],
+        },
+        photo.parent,
+    )
 
 
 #: Every loader by name; each is called as ``loader(root, split, images=...)``.
@@ -252,6 +327,7 @@ DATASETS: dict[str, Callable[..., list[Exemplar]]] = {
     "sacd": load_sacd,
     "jsonl": load_jsonl,
     "folder": load_folder,
+    "pro": load_pro,
 }
 
 

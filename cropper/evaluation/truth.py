@@ -169,7 +169,7 @@ def load_truth(
     )
     from retrieval.exemplars import first_few
 
-    if dataset in ("jsonl", "folder"):
+    if dataset in ("jsonl", "folder", "pro"):
         return _from_exemplars(dataset, root, split, images)
     annotations = read_annotations(dataset, root, split, images=images)
     folder = Path(root).expanduser()

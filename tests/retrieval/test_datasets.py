@@ -402,7 +402,12 @@ def test_jsonl_is_read_jsonl(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "split", "images", "message"),
     [
-        ("nope", None, None, "unknown dataset 'nope': use one of gaicd, fcdb, sacd, jsonl, folder"),
+        (
+            "nope",
+            None,
+            None,
+            "unknown dataset 'nope': use one of gaicd, fcdb, sacd, jsonl, folder, pro",
+        ),
         ("gaicd", "val", None, "has no split 'val': use one of test, train"),
         ("fcdb", "val", None, "has no split 'val': use one of train, test"),
         ("sacd", "val", None, "has no split 'val': use one of test, train"),
@@ -423,7 +428,7 @@ def test_bad_names_and_splits(
 
 
 def test_the_registry_names_every_loader() -> None:
-    assert sorted(DATASETS) == ["fcdb", "folder", "gaicd", "jsonl", "sacd"]
+    assert sorted(DATASETS) == ["fcdb", "folder", "gaicd", "jsonl", "pro", "sacd"]
 
 
 @pytest.mark.parametrize("name", ["gaicd", "fcdb", "sacd", "folder"])
