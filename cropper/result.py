@@ -106,6 +106,12 @@ class CropResult:
 
         return write_debug(self, folder, images=images)
 
+    def _repr_html_(self) -> str:
+        # Jupyter shows this: before and after, then each round's candidates.
+        from cropper.display import result_html
+
+        return result_html(self)
+
     def to_json(self, top: bool | None = None) -> dict[str, Any]:
         """The summary a command line writes: image, task, box in pixels, score.
 
