@@ -7,6 +7,8 @@ sends what vLLM accepts. Replies come from a pluggable ``responder``; queued
 and ``slots`` make it behave like a loaded model server: each chat request takes
 ``latency`` seconds in one of ``slots`` batch slots, the rest wait in a queue, so
 it answers at most ``slots / latency`` requests a second (``ideal_throughput``).
+A stop closes every connection, and a restart (:meth:`~OpenAICompatibleServer.restart`,
+or ``Fault(restart=...)`` at a chosen request) comes back on the same port.
 
     with OpenAICompatibleServer(faults=[Fault(status=503)]) as server:
         vlm = OpenAIServerVLM(server.url)
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -63,13 +67,22 @@ _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,(.*)$", re.DOTALL)
 
 @dataclass(frozen=True)
 class Fault:
-    """One misbehaviour, applied to the next chat request and then used up."""
+    """One misbehaviour, applied to the next chat request and then used up.
+
+    ``Fault()`` with no field set answers normally: queue a few to let requests
+    through before the one that fails.
+    """
 
     status: int | None = None  # answer with this HTTP status and an OpenAI error body
-    retry_after: float | str | None = None  # Retry-After header sent with ``status``
+    retry_after: float | str | None = None  # Retry-After header: seconds or an HTTP date
     delay: float = 0.0  # seconds to wait before answering (past a client's timeout)
+    hang: bool = False  # never answer: hold the request until the server stops
     malformed: bool = False  # answer 200 with a body that is not JSON
     drop: bool = False  # close the connection without any reply
+    truncate: bool = False  # a valid reply cut short: Content-Length promises more, then close
+    body: str | bytes | dict | list | None = None  # answer this instead (JSON unless text)
+    content_type: str = "application/json"  # the Content-Type sent with ``body``
+    restart: float | None = None  # stop here (no reply to anything in flight), up again after s
     message: str = "injected fault"  # the error body's message
 
 
@@ -279,6 +292,8 @@ class OpenAICompatibleServer:
     the most holding a slot at once. ``latency`` (seconds, or a function of the
     request body) is how long a valid chat request holds one of ``slots`` slots
     (``None``: unlimited). ``api_key``, when set, is required as a Bearer token.
+    ``port`` 0 takes a free port; a server stopped and started again keeps its
+    port (and ``url``), as a restarted real one does.
     """
 
     def __init__(
@@ -290,6 +305,7 @@ class OpenAICompatibleServer:
         api_key: str | None = None,
         latency: Latency = 0.0,
         slots: int | None = None,
+        port: int = 0,
     ):
         if not models:
             raise ValueError("the server must serve at least one model")
@@ -309,6 +325,11 @@ class OpenAICompatibleServer:
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # Open client connections: a stop closes them, as a real server's exit does.
+        self._connections: set[socket.socket] = set()
+        self._port = port
+        self._lifecycle = threading.RLock()  # start, stop and restart one at a time
+        self._restarts: list[threading.Thread] = []
         self._in_flight = 0
         self.max_in_flight = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -317,41 +338,79 @@ class OpenAICompatibleServer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> OpenAICompatibleServer:
-        if self._httpd is not None:
+        """Serve on ``port`` (a free one the first time if 0, the same one after a stop)."""
+        with self._lifecycle:
+            if self._httpd is not None:
+                return self
+            # A fresh event: handlers of the last run that still wait keep seeing theirs set.
+            self._stopping = threading.Event()
+            handler = type("Handler", (_Handler,), {"app": self})
+            # HTTPServer sets SO_REUSEADDR, so a restart rebinds the port at once.
+            server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": _BACKLOG})
+            self._httpd = server_class(("127.0.0.1", self._port), handler)
+            self._httpd.daemon_threads = True
+            self._port = self._httpd.server_address[1]
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            self._thread.start()
             return self
-        self._stopping.clear()
-        handler = type("Handler", (_Handler,), {"app": self})
-        server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": _BACKLOG})
-        self._httpd = server_class(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        """Stop serving; requests still waiting out a delay are cut short."""
-        if self._httpd is None:
-            return
-        self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
+        """Stop serving and close every connection; requests in flight get no reply."""
+        with self._lifecycle:
+            if self._httpd is None:
+                return
+            self._stopping.set()
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            with self._lock:
+                connections, self._connections = self._connections, set()
+            for connection in connections:
+                # Else keep-alive connections outlive the stop and go on being served.
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._httpd = self._thread = None
+
+    def restart(self, after: float = 0.0) -> threading.Thread:
+        """Stop now and start again on the same port ``after`` seconds later, in a thread."""
+
+        def run() -> None:
+            self.stop()
+            time.sleep(after)
+            self.start()
+
+        thread = threading.Thread(target=run, name="test-server-restart", daemon=True)
+        self._restarts.append(thread)
+        thread.start()
+        return thread
+
+    def wait_restarted(self, timeout: float = 10.0) -> None:
+        """Wait until every :meth:`restart` (a ``Fault(restart=...)`` too) has started again."""
+        for thread in list(self._restarts):
+            thread.join(timeout)
+            if thread.is_alive():
+                raise TimeoutError(f"the test server did not restart within {timeout} s")
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is serving now (not stopped, nor between a stop and a start)."""
+        return self._httpd is not None
 
     def __enter__(self) -> OpenAICompatibleServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.wait_restarted()  # else a pending restart would start it again after the block
         self.stop()
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
+        if not self._port:
             raise RuntimeError("the server is not running: call start() or use it in a with block")
-        return self._httpd.server_address[1]
+        return self._port
 
     @property
     def url(self) -> str:
@@ -437,6 +496,20 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests read ``requests`` instead of stderr."""
 
+    def setup(self) -> None:
+        super().setup()
+        with self.app._lock:
+            self.app._connections.add(self.connection)
+        if self.server is not self.app._httpd:  # accepted just as its server stopped
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        with self.app._lock:
+            self.app._connections.discard(self.connection)
+        with contextlib.suppress(OSError):  # the stop may have cut the socket already
+            super().finish()
+
     def do_GET(self) -> None:
         self._record(None)
         if not self._authorized():
@@ -472,17 +545,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.app._leave()
 
     def _chat(self, raw: bytes, body: Any) -> None:
-        fault = self.app._next_fault()
-        if fault is not None and fault.delay and self.app._stopping.wait(fault.delay):
-            self.close_connection = True
-            return  # stopping: give up on the reply
-        if fault is not None and fault.drop:
+        fault = self.app._next_fault() or Fault()
+        stopping = self.app._stopping
+        if fault.restart is not None:
+            self.app.restart(fault.restart)
+            stopping.wait()  # this request goes down with the server
             self.close_connection = True
             return
-        if fault is not None and fault.status is not None:
-            headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+        if (fault.hang and stopping.wait()) or (fault.delay and stopping.wait(fault.delay)):
+            self.close_connection = True
+            return  # stopping: give up on the reply
+        if fault.drop:
+            self.close_connection = True
+            return
+        headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+        if fault.body is not None:
+            payload = fault.body
+            if not isinstance(payload, (str, bytes)):
+                payload = json.dumps(payload)
+            if isinstance(payload, str):
+                payload = payload.encode()
+            return self._send(fault.status or 200, payload, headers, fault.content_type)
+        if fault.status is not None:
             return self._error(RequestError(fault.status, fault.message), headers)
-        if fault is not None and fault.malformed:
+        if fault.malformed:
             return self._send(200, b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess')
         if body is None:
             return self._error(RequestError(400, "the request body is not valid JSON"))
@@ -494,7 +580,12 @@ class _Handler(BaseHTTPRequestHandler):
         if texts is None:
             self.close_connection = True
             return  # stopping: give up on the reply
-        self._json(200, _completion(body["model"], texts, prompt_bytes=len(raw)))
+        completion = _completion(body["model"], texts, prompt_bytes=len(raw))
+        if fault.truncate:
+            payload = json.dumps(completion).encode()
+            self.close_connection = True
+            return self._send(200, payload[: len(payload) // 2], length=len(payload))
+        self._json(200, completion)
 
     # ------------------------------------------------------------------ helpers
 
@@ -521,17 +612,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(body).encode(), headers)
 
-    def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        length: int | None = None,  # the Content-Length claimed; a truncated reply claims more
+    ) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload) if length is None else length))
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client gave up (a timeout): nothing to do
+        except OSError:  # the client gave up (a timeout), or a stop cut the connection
+            self.close_connection = True
 
 
 def _completion(model: str, texts: Sequence[str | None], prompt_bytes: int) -> dict[str, Any]:

@@ -6,9 +6,11 @@ sequences (or many replicas behind one URL) stays busy. Requests run on one
 background event loop that lives as long as the backend, over connections kept
 open between ``generate`` calls; each photo is encoded once and its data URL
 reused by later prompts (exemplars recur across rounds and photos). Failures
-that may pass (connection errors, timeouts, 408, 429, 5xx) are retried with
+that may pass (timeouts, 408, 429, 5xx, a connection dropped or a reply cut
+short, a refusal by a server reached before: a restart) are retried with
 exponential backoff and jitter, honouring ``Retry-After``; the rest fail at
-once with the server's own message.
+once, in one line with the server's own message and what to do. A server never
+reached is not retried: a wrong URL or a server not started stays so.
 
 The payload is built by pure functions (:func:`to_openai_messages`,
 :func:`build_chat_request`), testable without a server.
@@ -268,21 +270,41 @@ def _one_line(text: str) -> str:
 # --------------------------------------------------------------------------- retries
 
 
-class _HTTPStatusError(VLMError):
-    """A VLMError for an HTTP error status, which it keeps."""
+def _status_error(message: str, status: int) -> VLMError:
+    """A VLMError for an HTTP error status, which it keeps as ``status``.
 
-    def __init__(self, message: str, status: int):
-        super().__init__(message, retryable=_is_retryable_status(status))
-        self.status = status
+    A plain VLMError, not a subclass: Ray and multiprocessing rebuild an error
+    from its class and message, and tools read ``cropper.errors.VLMError`` in a
+    remote traceback.
+    """
+    error = VLMError(message, retryable=_is_retryable_status(status))
+    error.status = status  # type: ignore[attr-defined]
+    return error
 
 
 class _Transient(Exception):
-    """A failure worth retrying; ``final`` is the VLMError raised if retries run out."""
+    """A failure worth retrying: what happened, and what to do if retries run out."""
 
-    def __init__(self, final: VLMError, retry_after: float | None = None):
-        super().__init__(str(final))
-        self.final = final
+    def __init__(
+        self,
+        message: str,
+        hint: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ):
+        super().__init__(message)  # what a retry logs: the hint is for the final error
+        self.hint = hint
         self.retry_after = retry_after
+        self.status = status
+
+    def final(self, attempts: int) -> VLMError:
+        """The one-line error raised when ``attempts`` tries all failed this way."""
+        tries = f"gave up after {attempts} attempt{'s' * (attempts > 1)}"
+        message = f"{self} ({tries}); {self.hint}"
+        if self.status is not None:
+            return _status_error(message, self.status)
+        return VLMError(message, retryable=True)
 
 
 def _is_retryable_status(status: int) -> bool:
@@ -441,6 +463,7 @@ class OpenAIServerVLM(VLM):
         # Kept only inside the headers: never in repr, logs or error messages.
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._model_checked = False
+        self._reached = False  # whether the server ever answered: a refusal then is a restart
         self._loop: _Loop | None = None
         self._loop_lock = threading.Lock()
         self.name = model or self.base_url
@@ -526,7 +549,10 @@ class OpenAIServerVLM(VLM):
                     f"completion ({exc}); is it an OpenAI-compatible server?"
                 ) from None
             if not got:
-                raise VLMError(f"the VLM server at {self.base_url} sent a reply with no choices")
+                raise VLMError(
+                    f"the VLM server at {self.base_url} sent a reply with no choices; "
+                    "check the server's log"
+                )
             texts.extend(got)
         return texts[:n]
 
@@ -573,11 +599,7 @@ class OpenAIServerVLM(VLM):
             async with loop.lane(self.concurrency) as client:
                 return await retrying(self._call_once, client, method, endpoint, body)
         except _Transient as exc:
-            attempts = self.max_retries + 1
-            raise VLMError(
-                f"{exc.final} (gave up after {attempts} attempt{'s' * (attempts > 1)})",
-                retryable=True,
-            ) from None
+            raise exc.final(self.max_retries + 1) from None
 
     async def _call_once(
         self, client: httpx.AsyncClient, method: str, endpoint: str, body: dict | None
@@ -588,53 +610,75 @@ class OpenAIServerVLM(VLM):
         timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT))
         try:
             response = await client.request(method, url, json=body, timeout=timeout)
-        except httpx.ConnectTimeout:
-            raise _Transient(self._unreachable("connect timed out")) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            detail = "connect timed out" if isinstance(exc, httpx.ConnectTimeout) else _detail(exc)
+            unreachable = _Transient(
+                f"cannot reach the VLM server at {self.base_url} ({detail})",
+                "is it running, and is the URL right? start one with `vllm serve MODEL`",
+            )
+            if not self._reached:
+                # Never reached: a wrong URL or a server not started, which retries
+                # seconds apart will not mend. Once reached, it is a restart: retry.
+                raise VLMError(f"{unreachable}; {unreachable.hint}", retryable=True) from None
+            raise unreachable from None
         except httpx.TimeoutException:
             raise _Transient(
-                VLMError(
-                    f"the VLM server at {self.base_url} did not answer {endpoint} within "
-                    f"{self.timeout:g} s; raise timeout= or check the server's load",
-                    retryable=True,
-                )
+                f"the VLM server at {self.base_url} did not answer {endpoint} within "
+                f"{self.timeout:g} s",
+                "raise timeout= if it is just slow, or check the server's load and log",
             ) from None
         except httpx.TransportError as exc:
-            detail = f"{type(exc).__name__}: {_one_line(str(exc)) or 'no detail'}"
-            raise _Transient(self._unreachable(detail)) from None
+            # A reply cut short (a truncated body) or a connection closed under the
+            # request: a server restarting or crashing, or a proxy between.
+            raise _Transient(
+                f"the VLM server at {self.base_url} dropped the connection during {endpoint} "
+                f"({_detail(exc)})",
+                "it may have restarted or crashed: check that it is running, and its log",
+            ) from None
+        self._reached = True
         if response.status_code >= 400:
             raise self._http_error(response, endpoint, body)
         try:
             return response.json()
         except ValueError:
+            pass
+        snippet = _one_line(response.text[:80]) or "(empty body)"
+        kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no type"
+        if "json" not in kind:
+            # A web page: the URL names a web app or a proxy, not the API itself.
             raise VLMError(
-                f"the VLM server at {self.base_url} sent malformed JSON for {endpoint}: "
-                f"{_one_line(response.text[:80]) or '(empty body)'}"
-            ) from None
-
-    def _unreachable(self, detail: str) -> VLMError:
-        return VLMError(
-            f"cannot reach the VLM server at {self.base_url} ({detail}); is it running? "
-            "start one with `vllm serve MODEL`",
-            retryable=True,
+                f"the VLM server at {self.base_url} answered {endpoint} with {kind}, not "
+                f"JSON ({snippet}); check that the URL is the API root of an "
+                "OpenAI-compatible server, such as http://localhost:8000/v1"
+            )
+        raise VLMError(
+            f"the VLM server at {self.base_url} sent malformed JSON for {endpoint}: {snippet}"
         )
 
     def _http_error(self, response: httpx.Response, endpoint: str, body: dict | None) -> Exception:
         status = response.status_code
         message = server_message(response)
+        what = f"the VLM server at {self.base_url} answered {endpoint} with HTTP {status}"
+        what = f"{what}: {message}"
+        if _is_retryable_status(status):
+            if status == 429:
+                hint = "it is rate-limiting: lower concurrency (--concurrency) or try again later"
+            else:
+                hint = (
+                    "it is failing or overloaded: check its log, lower concurrency "
+                    "(--concurrency), or try again later"
+                )
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return _Transient(what, hint, retry_after=retry_after, status=status)
         hint = ""
         if status in (401, 403):
             hint = "; set api_key= or the CROPPER_API_KEY environment variable"
+        elif status == 404:
+            hint = "; check the model name and the URL (the API root, e.g. http://host:8000/v1)"
         elif status == 400 and body and "response_format" in body:
             if any(w in message.lower() for w in ("response_format", "json_schema", "schema")):
                 hint = "; if the server cannot constrain replies, pass structured_outputs=False"
-        error = _HTTPStatusError(
-            f"the VLM server at {self.base_url} answered {endpoint} with HTTP {status}: "
-            f"{message}{hint}",
-            status,
-        )
-        if _is_retryable_status(status):
-            return _Transient(error, parse_retry_after(response.headers.get("Retry-After")))
-        return error
+        return _status_error(f"{what}{hint}", status)
 
     def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
         outcome = retry_state.outcome
@@ -647,6 +691,10 @@ class OpenAIServerVLM(VLM):
             self.max_retries + 1,
             error,
         )
+
+
+def _detail(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {_one_line(str(exc)) or 'no detail'}"
 
 
 def _failed(future: concurrent.futures.Future) -> bool:
