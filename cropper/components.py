@@ -59,10 +59,11 @@ def index_embedder_name(index: Any) -> str | None:
     import json
 
     try:
-        manifest = json.loads((Path(index) / "manifest.json").read_text())
-        return manifest.get("embedder")
+        manifest = json.loads((Path(index) / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # ExemplarIndex.load reports what is wrong with the folder
+    name = manifest.get("embedder") if isinstance(manifest, dict) else None
+    return name if isinstance(name, str) and name.strip() else None
 
 
 def make_embedder(clip: Any, index: Any = None) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle  # only to catch UnpicklingError from torch.load(weights_only=True)
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -25,7 +24,12 @@ import numpy as np
 from cropper.defaults import DEFAULT_HEAD  # noqa: F401 (re-exported here)
 from cropper.errors import ConfigError
 from cropper.fileio import atomic_path
-from cropper.weights import HF_HUB_PREFIX, resolve_weights
+from cropper.weights import (
+    HF_HUB_PREFIX,
+    PICKLED_OBJECTS_ERRORS,
+    pickled_weights_error,
+    resolve_weights,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -59,8 +63,8 @@ class HeadConfig:
         try:
             dims = tuple(int(d) for d in self.dims)
             low, high = (float(v) for v in self.output_range)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad HeadConfig {self}: {exc}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"bad HeadConfig {self}: {exc}") from None
         if len(dims) < 2 or min(dims) < 1 or dims[-1] != 1:
             raise ConfigError(f"HeadConfig dims must be 2+ positive widths ending in 1, got {dims}")
         if self.activation not in _ACTIVATIONS:
@@ -82,7 +86,10 @@ class HeadConfig:
                 f"{source}: config must hold dims and optionally {sorted(known - {'dims'})}, "
                 f"found {found}"
             )
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -101,6 +108,11 @@ def _build_module(config: HeadConfig) -> torch.nn.Module:
         if config.activation == "relu" and i < len(pairs) - 1:
             layers[f"relu{i}"] = nn.ReLU()
     return nn.Sequential(layers)
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(state: Mapping[str, Any], limit: int = 8) -> str:
@@ -152,6 +164,13 @@ class AestheticHead:
             raise ConfigError(
                 f"{self.source or 'head weights'}: weights do not fit dims {self.config.dims}: "
                 f"{_shape_diff(expected, found)}"
+            )
+        bad = [k for k, v in state_dict.items() if not bool(v.float().isfinite().all())]
+        if bad:
+            # NaN weights score every crop NaN, and the best crop would be chosen at random.
+            raise ConfigError(
+                f"{self.source or 'head weights'}: {', '.join(bad[:4])} hold NaN or infinite "
+                "values; the file is damaged or the training diverged: use another head"
             )
         self.module.load_state_dict({k: v.float() for k, v in state_dict.items()})
 
@@ -221,7 +240,10 @@ def _load_safetensors(path: Path, spec: str) -> AestheticHead:
             header = handle.metadata() or {}
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"cannot read head {path} as safetensors: {exc}") from exc
+        raise ConfigError(
+            f"cannot read head {path} as safetensors ({_one_line(exc)}): the file is damaged or "
+            "not safetensors; save heads with cropper.head.save_head"
+        ) from None
     card = _read_card(path, spec, header)
     if not isinstance(card, Mapping) or "config" not in card:
         raise ConfigError(
@@ -236,7 +258,12 @@ def _load_safetensors(path: Path, spec: str) -> AestheticHead:
             f"is not {CARD_FORMAT!r} <= {CARD_VERSION}: upgrade cropper"
         )
     config = HeadConfig.from_dict(card["config"], source=f"head card for {path}")
-    return AestheticHead(config, state, metadata=card.get("metadata"), source=str(path))
+    metadata = card.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ConfigError(
+            f"head card for {path}: metadata must be a JSON object, found {metadata!r:.80}"
+        )
+    return AestheticHead(config, state, metadata=metadata, source=str(path))
 
 
 def _read_card(path: Path, spec: str, header: Mapping[str, str]) -> Any:
@@ -253,7 +280,7 @@ def _read_card(path: Path, spec: str, header: Mapping[str, str]) -> Any:
         if _HEADER_KEY in header:
             return json.loads(header[_HEADER_KEY])
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"head card for {path} is not valid JSON: {exc}") from exc
+        raise ConfigError(f"head card for {path} is not valid JSON: {_one_line(exc)}") from None
     raise ConfigError(
         f"head {path} has no card: expected {beside.name} beside it holding its HeadConfig "
         "(save heads with cropper.head.save_head)"
@@ -275,15 +302,13 @@ def _load_laion(path: Path) -> AestheticHead:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0][:200]
-        raise ConfigError(
-            f"refused {path}: it holds Python objects besides tensors and cropper loads .pth "
-            f"files only with weights_only=True ({reason}); save the bare state dict "
-            "(torch.save(model.state_dict(), ...)) or use safetensors"
-        ) from exc
+    except PICKLED_OBJECTS_ERRORS as exc:
+        raise pickled_weights_error(path, exc) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path} as a torch state dict: {exc}") from exc
+        raise ConfigError(
+            f"cannot read {path} as a torch state dict ({_one_line(exc)}): the file is damaged "
+            "or not a .pth state dict"
+        ) from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]  # a training checkpoint wrapping the weights
     if not isinstance(state, Mapping) or not all(

@@ -18,6 +18,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from pickle import UnpicklingError  # only to catch torch.load's refusal: nothing here unpickles
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -31,6 +32,11 @@ logger = logging.getLogger(__name__)
 HF_HUB_PREFIX = "hf-hub:"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _POINT_AT_LOCAL = "or point at a local copy with --head PATH / Cropper(head=PATH)"
+
+#: What ``torch.load(..., weights_only=True)`` raises for a file holding more than tensors
+#: (classes, functions, code): catch it where foreign weights are read and hand the user
+#: :func:`pickled_weights_error` instead of a traceback.
+PICKLED_OBJECTS_ERRORS: tuple[type[Exception], ...] = (UnpicklingError,)
 
 
 def cache_dir() -> Path:
@@ -55,6 +61,24 @@ def resolve_weights(spec: str | os.PathLike[str]) -> Path:
             f"an {HF_HUB_PREFIX}ORG/REPO/FILENAME spec or an https://...#sha256=HEX URL"
         )
     return path
+
+
+def pickled_weights_error(source: str | os.PathLike[str], exc: BaseException) -> ConfigError:
+    """The one-line error for weights that ``torch.load(weights_only=True)`` refused to read.
+
+    Such a file holds Python objects besides tensors; unpickling it could run any code,
+    so it is never loaded, whatever it holds.
+    """
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    # torch's message opens with advice to pass weights_only=False; the line that names
+    # what was refused ("Unsupported global: GLOBAL posix.system") is the useful one.
+    named = [line for line in lines if any(w in line.lower() for w in ("global", "unsupported"))]
+    reason = (named or lines or [type(exc).__name__])[0][:160]
+    return ConfigError(
+        f"refused {os.fspath(source)}: it holds Python objects besides tensors, and cropper reads "
+        f"weights only with torch.load(weights_only=True) ({reason}); use safetensors weights, "
+        "or a .pth holding the bare state dict (torch.save(model.state_dict(), PATH))"
+    )
 
 
 # -- Hugging Face Hub ---------------------------------------------------------------------

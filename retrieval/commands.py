@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from cropper.defaults import DEFAULT_CLIP
@@ -75,11 +76,25 @@ def add_index_commands(commands: Any) -> None:
     info.set_defaults(run=run_info)
 
 
+def _refuse_overwriting_the_input(root: str, out: str) -> None:
+    """A bank's own files must not replace the annotations it is built from."""
+    from cropper.errors import ConfigError
+    from retrieval.index import EXEMPLARS_FILE, INDEX_FILE, MANIFEST_FILE
+
+    written = {(Path(out) / name).resolve() for name in (INDEX_FILE, EXEMPLARS_FILE, MANIFEST_FILE)}
+    if Path(root).expanduser().resolve() in written:
+        raise ConfigError(
+            f"--out {out} would overwrite the input {root} with the bank's own file; "
+            "choose another --out folder"
+        )
+
+
 def run_build(args: argparse.Namespace) -> int:
     from retrieval.datasets import load_dataset
     from retrieval.embedder import ClipEmbedder
     from retrieval.index import ExemplarIndex
 
+    _refuse_overwriting_the_input(args.root, args.out)
     exemplars = load_dataset(args.dataset, args.root, args.split, images=args.images)
     embedder = ClipEmbedder(args.clip, batch_size=args.batch_size)
     start = time.perf_counter()

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from cropper.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
+from cropper.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class ClipEmbedder:
             model, _, preprocess = self._open_clip.create_model_and_transforms(
                 self._model_name, device=self.device, require_pretrained=True, **kwargs
             )
+        except PICKLED_OBJECTS_ERRORS as exc:  # weights_only=True refused the file
+            raise pickled_weights_error(f"CLIP weights of {self.name!r}", exc) from None
         except (RuntimeError, OSError, ValueError) as exc:
             raise WeightsNotFoundError(self._not_found_message(exc)) from None
         model.eval()

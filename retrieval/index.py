@@ -248,19 +248,16 @@ class ExemplarIndex:
         dim, count = manifest["dim"], manifest["count"]
         # First: the commonest mistake, and cheap to spot before reading a large index.
         if embedder is not None and (embedder.name != manifest["embedder"] or embedder.dim != dim):
+            # One name, two widths: the model behind the name changed, or the manifest did.
+            same = " (the model changed since, or the manifest is damaged)"
             raise ExemplarIndexError(
-                f"{folder} was built with embedder {manifest['embedder']!r} ({dim}-d), not "
-                f"{embedder.name!r} ({embedder.dim}-d): use that embedder, or "
+                f"{folder / MANIFEST_FILE}: this bank was built with embedder "
+                f"{manifest['embedder']!r} ({dim}-d), not {embedder.name!r} ({embedder.dim}-d)"
+                f"{same if embedder.name == manifest['embedder'] else ''}: use that embedder, or "
                 f"{_rebuild(folder, manifest, clip=str(embedder.name))}"
             )
         faiss = _faiss()
-        try:
-            index = faiss.read_index(str(folder / INDEX_FILE))
-        except RuntimeError as exc:
-            reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "unreadable"
-            raise ExemplarIndexError(
-                f"{folder / INDEX_FILE}: corrupt or truncated faiss index ({reason}); {rebuild}"
-            ) from None
+        index = _read_index(folder / INDEX_FILE, rebuild, faiss)
         if index.ntotal != count or index.d != dim:
             raise ExemplarIndexError(
                 f"{folder / INDEX_FILE} holds {index.ntotal} vectors of {index.d} dims but the "
@@ -384,6 +381,38 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+@contextlib.contextmanager
+def _vectors_at_most(faiss: Any, limit: int) -> Any:
+    """Let faiss read no array larger than ``limit`` bytes, then restore its own limit."""
+    get = getattr(faiss, "get_deserialization_vector_byte_limit", None)
+    set_ = getattr(faiss, "set_deserialization_vector_byte_limit", None)
+    if get is None or set_ is None:  # an older faiss: its own (large) limit stands
+        yield
+        return
+    before = get()
+    set_(min(before, limit))
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+def _read_index(path: Path, rebuild: str, faiss: Any) -> Any:
+    """The faiss index file, or a one-line error saying it is damaged."""
+    try:
+        # No array in the file can be larger than the file: a damaged length field must
+        # fail here, not allocate (and zero) terabytes before the read comes up short.
+        with _vectors_at_most(faiss, max(path.stat().st_size, 1)):
+            return faiss.read_index(str(path))
+    except (RuntimeError, MemoryError, OSError) as exc:
+        text = " ".join(str(exc).split())
+        # faiss's message starts with a C++ signature; what failed follows "Error:".
+        reason = (text[text.rfind("Error:") :] if "Error:" in text else text) or "unreadable"
+        raise ExemplarIndexError(
+            f"{path}: corrupt or truncated faiss index ({reason[:160]}); {rebuild}"
+        ) from None
+
+
 def _index_params(folder: Path, manifest: dict[str, Any], index: Any, faiss: Any) -> dict[str, Any]:
     """The manifest's index settings, checked against the index file (format 1 banks: flat)."""
     params = manifest.get("index", {"kind": "flat"} if manifest["format_version"] < 2 else None)
@@ -414,7 +443,7 @@ def _read_exemplars(folder: Path, rebuild: str) -> list[Exemplar]:
             continue
         try:
             ex = Exemplar.from_json(json.loads(line))
-        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        except (ConfigError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise ExemplarIndexError(
                 f"{path}, line {number}: bad exemplar ({exc}); {rebuild}"
             ) from None

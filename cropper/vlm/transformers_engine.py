@@ -26,6 +26,7 @@ from typing import Any
 from cropper.errors import ConfigError, MissingDependencyError, VLMError, WeightsNotFoundError
 from cropper.messages import Conversation, ImagePart, TextPart, conversation_images
 from cropper.vlm.base import VLM, Sampling
+from cropper.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class TransformersVLM(VLM):
             self.model = transformers.AutoModelForImageTextToText.from_pretrained(
                 source, dtype=self.dtype, trust_remote_code=trust_remote_code
             )
+        except PICKLED_OBJECTS_ERRORS as exc:  # a .bin that weights_only=True refused
+            raise pickled_weights_error(f"VLM weights in {self.name!r}", exc) from None
         except OSError as exc:
             reason = _first_line(exc)
             if source != self.name or Path(source).is_dir():

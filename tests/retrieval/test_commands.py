@@ -121,3 +121,12 @@ def test_unknown_dataset_and_no_photos_fail_clearly(tmp_path, tiny_clip, capsys)
     assert build(jsonl, tmp_path / "b", tiny_clip) == 2
     assert "missing.jpg" in capsys.readouterr().err
     assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_a_bank_that_would_overwrite_its_own_annotations_is_refused(tmp_path, capsys):
+    annotations = tmp_path / "exemplars.jsonl"
+    annotations.write_text('{"image": "a.jpg", "crops": [[0, 0, 10, 10]]}\n')
+    before = annotations.read_bytes()
+    assert build(annotations, tmp_path, "local-dir:/nowhere") == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert annotations.read_bytes() == before
