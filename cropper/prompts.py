@@ -20,7 +20,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from PIL import Image
 
 from cropper.boxes import COORDS, Box, Size, check_coords, point_to_coords
-from cropper.errors import ConfigError
+from cropper.errors import ConfigError, CropperError
 from cropper.messages import Conversation, ImagePart, Message, Part, TextPart
 
 TASKS = ("free", "subject", "aspect")
@@ -63,7 +63,7 @@ class PromptSet:
         # Sandboxed, and the loader only sees this folder: templates are data that a
         # user may have downloaded, not code.
         self._env = SandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(str(self.folder)),
+            loader=FolderLoader(self.folder),
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
@@ -89,10 +89,10 @@ class PromptSet:
             images.append(photo)
             return f"\x00img:{len(images) - 1}\x00"
 
-        def role(name: str) -> str:
-            if name not in ("system", "user", "assistant"):
-                raise ConfigError(f"{name!r} in {name}: role must be system, user or assistant")
-            return f"\x00role:{name}\x00"
+        def role(who: str) -> str:
+            if who not in ("system", "user", "assistant"):
+                raise ConfigError(f"role({who!r}): a role must be system, user or assistant")
+            return f"\x00role:{who}\x00"
 
         def box(b: Box, size: Size | None = None) -> str:
             values = b.to_coords(coords, size or size_of_query)
@@ -115,7 +115,72 @@ class PromptSet:
         except jinja2.TemplateError as exc:
             where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
             raise ConfigError(f"prompt {self.folder / name}{where}: {exc.message}") from None
+        except _TEMPLATE_FAULTS as exc:
+            # A template's own mistake ({{ 1/0 }}, box(3), endless includes): name it, no traceback.
+            kind = "" if isinstance(exc, CropperError) else f"{type(exc).__name__}: "
+            raise ConfigError(
+                f"prompt {self.folder / name}{_where(exc, self.folder, name)}: "
+                f"{kind}{' '.join(str(exc).split())[:200]}"
+            ) from None
         return _split(text, images)
+
+
+#: What a faulty template can raise while it renders, besides jinja's own errors.
+_TEMPLATE_FAULTS = (
+    CropperError,
+    ArithmeticError,  # 1/0, and the sandbox's OverflowError for a huge range()
+    LookupError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    RecursionError,  # a template that includes itself
+)
+
+
+def _where(exc: BaseException, folder: Path, name: str) -> str:
+    """`` line N`` of template ``name`` (or `` (FILE line N)``, an included one) that raised."""
+    root, found = folder.resolve(), None
+    tb = exc.__traceback__
+    while tb is not None:
+        # jinja rewrites tracebacks so that template code shows as the template's own lines.
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2") and Path(filename).resolve().is_relative_to(root):
+            found = (Path(filename).resolve(), tb.tb_lineno)
+        tb = tb.tb_next
+    if found is None:
+        return ""
+    where = found[0].relative_to(root).as_posix()
+    return f" line {found[1]}" if where == name else f" ({where} line {found[1]})"
+
+
+class FolderLoader(jinja2.FileSystemLoader):
+    """Templates from one folder, and nothing outside it.
+
+    jinja's loader already refuses ``..`` and absolute names; this one also refuses a
+    file that is, or lies in, a symbolic link leading out of the folder.
+    """
+
+    def __init__(self, folder: str | Path):
+        super().__init__(str(folder))
+        self.root = Path(folder).resolve()
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
+        """The template's text, file name and up-to-date check, from inside the folder only."""
+        try:
+            source, filename, uptodate = super().get_source(environment, template)
+        except jinja2.TemplateNotFound:
+            raise jinja2.TemplateNotFound(
+                template,
+                f"no template {template!r} in the prompt folder {self.root}: templates may "
+                "include only files inside it, named relative to it",
+            ) from None
+        if not Path(filename).resolve().is_relative_to(self.root):
+            raise jinja2.TemplateNotFound(
+                template,
+                f"{template!r} is a link that leads outside the prompt folder {self.root}: "
+                "copy the file into the folder instead",
+            )
+        return source, filename, uptodate
 
 
 def _number(v: float) -> str:

@@ -8,8 +8,11 @@ their heavy dependencies only when built.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cropper.errors import ConfigError
 from cropper.vlm.base import VLM, Sampling
@@ -50,10 +53,46 @@ def backend_for(spec: str) -> Callable[..., VLM]:
             f"vlm must be a server URL, a model id or folder, or a VLM instance; got {spec!r}"
         )
     spec = spec.strip()
-    if "://" in spec and not spec.startswith(("http://", "https://")):
-        raise ConfigError(f"VLM URL {spec!r} must start with http:// or https://")
+    scheme = _URL_SCHEME.match(spec)
+    if scheme and f"{scheme.group(1).lower()}:" not in BACKENDS and not Path(spec).exists():
+        _check_url(spec, scheme.group(1).lower())
+        spec = f"{scheme.group(1).lower()}{spec[len(scheme.group(1)) :]}"
     prefix = max((p for p in BACKENDS if spec.startswith(p)), key=len)
     return BACKENDS[prefix]
+
+
+# A scheme of two letters or more ("C:" is a Windows drive, and a folder), as in "ftp:",
+# "javascript:" or "file:"; hub ids ("Qwen/Qwen3-VL-8B-Instruct") hold no colon.
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def _check_url(spec: str, scheme: str) -> None:
+    """Only http(s) URLs are served, and with no password in them (it would be logged)."""
+    if scheme not in ("http", "https"):
+        raise ConfigError(
+            f"VLM URL {_redacted(spec)!r}: only http:// or https:// URLs are served (an "
+            "OpenAI-compatible server such as `vllm serve`); give a local model by its folder "
+            "or hub id, or as vllm:MODEL"
+        )
+    try:
+        parts = urlsplit(spec)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"VLM URL {_redacted(spec)!r} is malformed ({exc})") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"VLM URL {_redacted(spec)!r} carries credentials, which would show in logs and "
+            "reports: give the key with api_key= / --api-key or $CROPPER_API_KEY instead"
+        )
+    if not parts.hostname:
+        raise ConfigError(
+            f"VLM URL {_redacted(spec)!r} names no host: write e.g. http://localhost:8000/v1"
+        )
+
+
+def _redacted(spec: str) -> str:
+    """The URL without anything between its ``//`` and an ``@`` (a user name or password)."""
+    return re.sub(r"(?<=//)[^/@]*@", "***@", spec)
 
 
 def load_vlm(spec: str | VLM, **kwargs: Any) -> VLM:

@@ -462,6 +462,7 @@ class OpenAIServerVLM(VLM):
         key = api_key or next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
         # Kept only inside the headers: never in repr, logs or error messages.
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._key = key  # only to blank it out of what a server echoes back
         self._model_checked = False
         self._reached = False  # whether the server ever answered: a refusal then is a restart
         self._loop: _Loop | None = None
@@ -642,7 +643,7 @@ class OpenAIServerVLM(VLM):
             return response.json()
         except ValueError:
             pass
-        snippet = _one_line(response.text[:80]) or "(empty body)"
+        snippet = self._hide_key(_one_line(response.text[:80])) or "(empty body)"
         kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no type"
         if "json" not in kind:
             # A web page: the URL names a web app or a proxy, not the API itself.
@@ -657,7 +658,7 @@ class OpenAIServerVLM(VLM):
 
     def _http_error(self, response: httpx.Response, endpoint: str, body: dict | None) -> Exception:
         status = response.status_code
-        message = server_message(response)
+        message = self._hide_key(server_message(response))
         what = f"the VLM server at {self.base_url} answered {endpoint} with HTTP {status}"
         what = f"{what}: {message}"
         if _is_retryable_status(status):
@@ -679,6 +680,10 @@ class OpenAIServerVLM(VLM):
             if any(w in message.lower() for w in ("response_format", "json_schema", "schema")):
                 hint = "; if the server cannot constrain replies, pass structured_outputs=False"
         return _status_error(f"{what}{hint}", status)
+
+    def _hide_key(self, text: str) -> str:
+        """``text`` with the API key blanked out: a server may quote the request's headers."""
+        return text.replace(self._key, "***") if self._key else text
 
     def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
         outcome = retry_state.outcome
