@@ -103,6 +103,14 @@ def _add_crop_command(actions: Any) -> None:
     crop.add_argument(
         "--pixel-budget", help="qwen2.5-vl, qwen3-vl or NAME:MAX_PIXELS (default: none)"
     )
+    crop.add_argument(
+        "--compose", action="store_true", help="a composition step before the first round"
+    )
+    crop.add_argument(
+        "--score-weights",
+        metavar="TERMS",
+        help="score terms' weights, e.g. aesthetic=1,area=1,knowledge=1 (default: the paper's)",
+    )
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
     crop.add_argument("--limit", type=int, help="crop only the split's first N photos")
     crop.add_argument("--gallery", type=int, default=6, help="photos in each gallery")
@@ -183,6 +191,7 @@ def _method(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "head": shown(args.head),
         "index": shown(args.index),
         "prompts": args.prompts or "shipped",
+        "score_weights": args.score_weights or "the paper's",
         "config": {k: v for k, v in vars(method.config).items() if k != "select"},
     }
     return method, settings

@@ -67,3 +67,19 @@ def test_an_unknown_dataset_root_is_a_one_line_error(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cropper: error: gaicd")
+
+
+def test_the_composition_step_and_score_weights_are_measured_and_reported(
+    gaicd_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with OpenAICompatibleServer() as server:
+        argv = ["eval", "crop", "--dataset", "gaicd", "--root", str(gaicd_root), "--split",
+                "test", "--vlm", server.url, "--clip", "none", "--head", "none", "--index",
+                "none", "--compose", "--score-weights", "area=1", "--out", str(tmp_path),
+                "--no-progress"]  # fmt: skip
+        assert main(argv) == 0
+        chats = len(server.chat_requests)
+    assert _last_json(capsys.readouterr().out)["measured"] == 2
+    assert chats == 2 * 4  # a compose step, then a propose and two refine rounds per photo
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["config"]["compose"] is True and report["score_weights"] == "area=1"
