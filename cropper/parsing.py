@@ -16,7 +16,8 @@ Each dialect has its own small reader, and all of them feed one sanitising step:
    ``((cx, cy), x1, y1, x2, y2)``, ``(x1, y1, x2, y2)``, in round or square
    brackets, anywhere in prose or numbered lists; Qwen2-VL's
    ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``.
-3. *Bare numbers*: a run of four or five comma-separated numbers in prose.
+3. *Bare numbers*: a run of four or five comma-separated numbers in prose, unless
+   the token limit may have cut its last number (:func:`_maybe_cut`).
 
 A later reader runs only when the earlier ones found no group of numbers.
 
@@ -205,14 +206,33 @@ def _bare_groups(text: str) -> list[_Group]:
     """Runs of exactly four or five comma-separated numbers in prose."""
     groups = []
     for match in _BARE_RE.finditer(text):
-        # a run right after an unclosed bracket is a truncated box: its last number may be cut
-        before = text[max(0, match.start() - 8) : match.start()].rstrip()
-        after_bracket = before.endswith(("[", "("))
-        if match.group().count(",") <= 4 and not after_bracket:
+        if match.group().count(",") <= 4 and not _maybe_cut(text, match):
             groups.append(_from_numbers([_to_float(n) for n in _NUM_RE.findall(match.group())]))
             if len(groups) >= MAX_GROUPS:
                 break
     return groups
+
+
+_BRACKET_RE = re.compile(r"[(\[{)\]}]")
+_REST_RE = re.compile(r"[\s,;]*\Z")
+
+
+def _maybe_cut(text: str, match: re.Match[str]) -> bool:
+    """Whether a run may be the inside of a box the token limit cut, its last number short.
+
+    So it is when it follows an opening bracket (a closed one was a tuple, read
+    before), or when it ends the reply inside a bracket, as in the subject format
+    ``((cx, cy), x1, y1, x2, y2`` cut before its last digit.
+    """
+    before = text[max(0, match.start() - 8) : match.start()].rstrip()
+    if before.endswith(("[", "(")):
+        return True
+    if not _REST_RE.match(text, match.end()):
+        return False
+    depth = 0  # of the brackets still open where the run starts; a stray closer opens none
+    for bracket in _BRACKET_RE.findall(text, 0, match.start()):
+        depth = depth + 1 if bracket in "([{" else max(depth - 1, 0)
+    return depth > 0
 
 
 def _from_numbers(nums: list[float]) -> _Group:
@@ -360,10 +380,10 @@ def _group_from_seq(seq: list | tuple) -> _Group | None:
         first, second = _pair(seq[0]), _pair(seq[1])
         if first and second:
             return _Group(first + second)
-        box = _group_from_seq(seq[1]) if isinstance(seq[1], (list, tuple)) else None
-        if first and box and len(seq[1]) == 4:
-            return _Group(box.values, point=first)
-        return None
+        # only a flat box of four is read inside: no recursion down a deep [[1, 2], [...]]
+        flat = first and isinstance(seq[1], (list, tuple)) and len(seq[1]) == 4
+        box = _group_from_seq(seq[1]) if flat else None
+        return _Group(box.values, point=first) if box else None
     nums = [_number(v) for v in seq]
     if all(n is not None for n in nums):
         return _from_numbers(nums)
@@ -373,14 +393,16 @@ def _group_from_seq(seq: list | tuple) -> _Group | None:
     return None
 
 
-def _group_from_dict(obj: dict) -> _Group | None:
+def _group_from_dict(obj: dict, depth: int = 0) -> _Group | None:
     """An object naming its box by a key (``bbox_2d``, ``box``...) or by its corners."""
+    if depth > MAX_DEPTH:  # {"box": {"box": ...}} thousands deep: json loads it on 3.13
+        return None
     keyed = {str(k).strip().lower(): v for k, v in obj.items()}
     found = None
     for key in _BOX_KEYS:
         inner = keyed.get(key)
         if isinstance(inner, dict):
-            found = _group_from_dict(inner)
+            found = _group_from_dict(inner, depth + 1)
         elif isinstance(inner, (list, tuple)):
             found = _group_from_seq(inner)
         if found is not None:
