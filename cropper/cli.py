@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip",
         type=none_or,
         default=DEFAULT,
-        help="open_clip model, e.g. ViT-L-14:openai, or none",
+        help="the embedder of retrieval and scoring: an open_clip model (ViT-L-14:openai), a "
+        "transformers vision model (hf:facebook/dinov2-small, hf:/folder), or none",
     )
     crop.add_argument(
         "--head", type=none_or, default=DEFAULT, help="aesthetic head weights, or none"

@@ -67,7 +67,7 @@ def index_embedder_name(index: Any) -> str | None:
 
 
 def make_embedder(clip: Any, index: Any = None) -> Any:
-    """The CLIP model; by default the one the bank was built with, so one serves both."""
+    """The embedder (open_clip, or transformers by ``hf:``); by default the bank's, for both."""
     if clip is None or (isinstance(clip, str) and not clip.strip()):
         return None
     if clip is DEFAULT:
@@ -76,9 +76,9 @@ def make_embedder(clip: Any, index: Any = None) -> Any:
         )
     if not isinstance(clip, str):
         return clip  # a ready embedder: anything with name, dim and embed()
-    from retrieval.embedder import ClipEmbedder
+    from retrieval.embedder import load_embedder
 
-    return ClipEmbedder(clip)
+    return load_embedder(clip)
 
 
 def make_head(head: Any, embedder: Any) -> Any:

@@ -58,7 +58,8 @@ class KnowledgeTerm:
             name = getattr(embedder, "name", type(embedder).__name__)
             raise ConfigError(
                 f"the knowledge term needs a text encoder, and embedder {name!r} has none: "
-                "use a CLIP embedder (open_clip) or drop the knowledge weight"
+                "use an embedder with a text tower (an open_clip CLIP, or an hf: CLIP or SigLIP) "
+                "or drop the knowledge weight"
             )
         if not (math.isfinite(scale) and scale > 0):
             raise ConfigError(f"knowledge scale must be a positive number, got {scale!r}")

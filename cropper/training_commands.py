@@ -20,6 +20,7 @@ from typing import Any
 
 from cropper.defaults import DEFAULT_CLIP
 from cropper.errors import ConfigError
+from retrieval.embedder import SPEC_HELP
 
 #: Datasets with their own train and test splits: train on one, validate on the other.
 SPLITS = {"gaicd": ("train", "test")}
@@ -48,7 +49,8 @@ def add_train_head_command(commands: Any) -> None:
     parser.add_argument(
         "--clip",
         default=DEFAULT_CLIP,
-        help=f"open_clip model (default {DEFAULT_CLIP}), hf-hub: or local-dir:",
+        help=f"the embedder the head reads (default {DEFAULT_CLIP}): {SPEC_HELP}; the "
+        "head's card records it, and the head runs on no other",
     )
     parser.add_argument(
         "--split", help="the split to train on (default: train where the dataset has one)"
@@ -105,7 +107,7 @@ def run_train_head(args: argparse.Namespace) -> int:
     from cropper.head import save_head
     from cropper.training import TrainConfig, holdout, resolve_device, train_head
     from retrieval.datasets import load_dataset
-    from retrieval.embedder import ClipEmbedder
+    from retrieval.embedder import load_embedder
 
     out = Path(args.out).expanduser()
     if out.suffix != ".safetensors":
@@ -135,7 +137,7 @@ def run_train_head(args: argparse.Namespace) -> int:
         if val_split is not None
         else None
     )
-    embedder = ClipEmbedder(args.clip, device=device, batch_size=args.batch_size)
+    embedder = load_embedder(args.clip, device=device, batch_size=args.batch_size)
     common = {
         "dataset": args.dataset,
         "root": args.root,

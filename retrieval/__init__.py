@@ -1,4 +1,4 @@
-"""The exemplar bank: CLIP embeddings of photos with good crops, searched by similarity.
+"""The exemplar bank: photos with good crops, searched by image-embedding similarity.
 
 Names load on first use, so ``import retrieval`` stays light (no torch, faiss or open_clip).
 """
@@ -11,6 +11,8 @@ from typing import Any
 _EXPORTS = {
     "ClipEmbedder": "retrieval.embedder",
     "Embedder": "retrieval.embedder",
+    "load_embedder": "retrieval.embedder",
+    "HFVisionEmbedder": "retrieval.hf_embedder",
     "Exemplar": "retrieval.exemplars",
     "read_jsonl": "retrieval.exemplars",
     "load_dataset": "retrieval.datasets",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cropper.defaults import DEFAULT_CLIP
+from retrieval.embedder import SPEC_HELP
 
 
 def add_index_commands(commands: Any) -> None:
@@ -39,7 +40,8 @@ def add_index_commands(commands: Any) -> None:
     build.add_argument(
         "--clip",
         default=DEFAULT_CLIP,
-        help=f"open_clip model (default {DEFAULT_CLIP}), hf-hub: or local-dir:",
+        help=f"the embedder (default {DEFAULT_CLIP}): {SPEC_HELP}; the bank's manifest "
+        "records it, and the bank is searched with no other",
     )
     build.add_argument(
         "--index-type",
@@ -91,12 +93,12 @@ def _refuse_overwriting_the_input(root: str, out: str) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from retrieval.datasets import load_dataset
-    from retrieval.embedder import ClipEmbedder
+    from retrieval.embedder import load_embedder
     from retrieval.index import ExemplarIndex
 
     _refuse_overwriting_the_input(args.root, args.out)
     exemplars = load_dataset(args.dataset, args.root, args.split, images=args.images)
-    embedder = ClipEmbedder(args.clip, batch_size=args.batch_size)
+    embedder = load_embedder(args.clip, batch_size=args.batch_size)
     start = time.perf_counter()
     options: dict[str, Any] = {"index_type": args.index_type}
     if args.workers is not None:

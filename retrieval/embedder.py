@@ -8,6 +8,10 @@ A model is named by one spec string, which is also its name in bank manifests:
 - ``"hf-hub:org/repo"``: a hub repo holding ``open_clip_config.json`` and weights;
 - ``"local-dir:/path"``: a folder holding the same, e.g. a downloaded copy.
 
+Any transformers vision model serves too, as ``"hf:ORG/NAME"`` or ``"hf:/path/to/folder"``
+(:mod:`retrieval.hf_embedder`). :func:`load_embedder` makes either from its spec; every
+caller that takes a spec goes through it.
+
 torch and open_clip are imported when an embedder is made, never at import time.
 
 Bank builds decode photos in worker processes: :attr:`ClipEmbedder.transform`
@@ -18,6 +22,7 @@ on the stacked batch here.
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +50,30 @@ class Embedder(Protocol):
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``(N, dim)`` L2-normalized float32 embeddings."""
         ...
+
+
+#: Spec prefix -> ``"module:Class"`` of the embedder that reads it; any other spec is open_clip.
+EMBEDDERS: dict[str, str] = {"hf:": "retrieval.hf_embedder:HFVisionEmbedder"}
+SPEC_HELP = (
+    "an open_clip model ('ViT-L-14:openai', 'hf-hub:org/repo', 'local-dir:/path') or a "
+    "transformers vision model ('hf:facebook/dinov2-small', 'hf:/path/to/folder')"
+)
+
+
+def load_embedder(spec: str, *, device: Any = None, batch_size: int = 32) -> Embedder:
+    """The embedder a spec names: ``hf:`` a transformers model, anything else open_clip.
+
+    The spec becomes the embedder's ``name``, recorded in bank manifests and head cards.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"embedder spec {spec!r} is empty: use {SPEC_HELP}")
+    spec = spec.strip()
+    target = next((t for prefix, t in EMBEDDERS.items() if spec.startswith(prefix)), None)
+    if target is None:
+        return ClipEmbedder(spec, device=device, batch_size=batch_size)
+    module, _, name = target.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(spec, device=device, batch_size=batch_size)
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -121,7 +150,7 @@ class ClipEmbedder:
             raise ConfigError(
                 f"CLIP model {model!r} is not an open_clip model name{hint}: use "
                 "'MODEL:PRETRAINED' (e.g. 'ViT-L-14:openai'), 'hf-hub:org/repo' "
-                "or 'local-dir:/path'"
+                "or 'local-dir:/path'; for a transformers model, 'hf:ORG/NAME'"
             )
         tags = self._open_clip.list_pretrained_tags_by_model(model)
         if not sep or not tag:

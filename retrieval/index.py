@@ -310,9 +310,9 @@ class ExemplarIndex:
     def _embed_query(self, query: Any) -> np.ndarray:
         if self.embedder is None:
             # Loaded without one: the bank's own embedder, built on the first photo query.
-            from retrieval.embedder import ClipEmbedder
+            from retrieval.embedder import load_embedder
 
-            self.embedder = ClipEmbedder(self.embedder_name)
+            self.embedder = load_embedder(self.embedder_name)
         image = query if isinstance(query, Image.Image) else load_image(query)
         return np.asarray(self.embedder.embed([image]), dtype=np.float32)
 

@@ -45,7 +45,9 @@ def add_eval_commands(commands: Any) -> None:
         "e.g. knowledge, or aesthetic=1,knowledge=1 (terms: aesthetic, area, content, "
         "knowledge); needs the photos",
     )
-    scores.add_argument("--clip", type=none_or, default=DEFAULT, help="open_clip model")
+    scores.add_argument(
+        "--clip", type=none_or, default=DEFAULT, help="embedder: open_clip MODEL:TAG or hf:MODEL"
+    )
     scores.add_argument("--head", type=none_or, default=DEFAULT, help="aesthetic head")
     scores.add_argument("--prompts", help="prompt folder whose knowledge/ prompts to use")
     scores.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -93,7 +95,12 @@ def _add_crop_command(actions: Any) -> None:
         help="crop with a baseline instead of the VLM loop",
     )
     crop.add_argument("--vlm", default=DEFAULT, help="server URL, model id or folder, or none")
-    crop.add_argument("--clip", type=none_or, default=DEFAULT, help="open_clip model, or none")
+    crop.add_argument(
+        "--clip",
+        type=none_or,
+        default=DEFAULT,
+        help="embedder: open_clip MODEL:TAG, hf:MODEL, or none",
+    )
     crop.add_argument("--head", type=none_or, default=DEFAULT, help="aesthetic head, or none")
     crop.add_argument(
         "--index", type=none_or, default=DEFAULT, help="exemplar bank (build it from train)"
