@@ -260,25 +260,35 @@ class ClipEmbedder:
 
     def embed_pixels(self, pixels: Any) -> np.ndarray:
         """``(N, dim)`` unit float32 embeddings of a ``(N, 3, H, W)`` :attr:`transform` batch."""
-        torch = self._torch
-        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
-            raise ConfigError(
-                f"embed_pixels() takes an (N, 3, H, W) tensor made by .transform, got "
-                f"{getattr(pixels, 'shape', type(pixels).__name__)}"
-            )
-        if len(pixels) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        parts = []
-        for i in range(0, len(pixels), self.batch_size):
-            # non_blocking pays off when a DataLoader hands over pinned memory.
-            batch = pixels[i : i + self.batch_size].to(self.device, non_blocking=True)
-            with torch.no_grad():
-                parts.append(_unit(self._model.encode_image(batch)))
-        return np.concatenate(parts, axis=0)
+        return embed_pixel_batches(self, pixels, self._model.encode_image)
 
     def _embed_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
         pixels = self._torch.stack([self._preprocess(_rgb(im)) for im in images])
         return self.embed_pixels(pixels)
+
+
+def embed_pixel_batches(embedder: Any, pixels: Any, encode: Any) -> np.ndarray:
+    """Unit float32 rows of ``encode`` over a ``(N, 3, H, W)`` ``embedder.transform`` batch.
+
+    Runs in batches of ``embedder.batch_size`` on ``embedder.device``; both embedder kinds
+    share it and differ only in ``encode``.
+    """
+    torch = embedder._torch
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
+        raise ConfigError(
+            f"embed_pixels() takes an (N, 3, H, W) tensor made by .transform, got "
+            f"{getattr(pixels, 'shape', type(pixels).__name__)}"
+        )
+    if len(pixels) == 0:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    parts = []
+    size = embedder.batch_size
+    for i in range(0, len(pixels), size):
+        # non_blocking pays off when a DataLoader hands over pinned memory.
+        batch = pixels[i : i + size].to(embedder.device, non_blocking=True)
+        with torch.no_grad():
+            parts.append(_unit(encode(batch)))
+    return np.concatenate(parts, axis=0)
 
 
 def _rgb(image: Image.Image) -> Image.Image:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from cropper.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
 from cropper.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
-from retrieval.embedder import _one_line, _rgb, _unit
+from retrieval.embedder import _one_line, _rgb, _unit, embed_pixel_batches
 
 log = logging.getLogger(__name__)
 
@@ -253,21 +253,7 @@ class HFVisionEmbedder:
 
     def embed_pixels(self, pixels: Any) -> np.ndarray:
         """``(N, dim)`` unit float32 embeddings of a ``(N, 3, H, W)`` :attr:`transform` batch."""
-        torch = self._torch
-        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
-            raise ConfigError(
-                f"embed_pixels() takes an (N, 3, H, W) tensor made by .transform, got "
-                f"{getattr(pixels, 'shape', type(pixels).__name__)}"
-            )
-        if len(pixels) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        parts = []
-        for i in range(0, len(pixels), self.batch_size):
-            # non_blocking pays off when a DataLoader hands over pinned memory.
-            batch = pixels[i : i + self.batch_size].to(self.device, non_blocking=True)
-            with torch.no_grad():
-                parts.append(_unit(self._image_vectors(batch)))
-        return np.concatenate(parts, axis=0)
+        return embed_pixel_batches(self, pixels, self._image_vectors)
 
     def _image_vectors(self, pixels: Any) -> Any:
         """``(N, D)`` features of a pixel batch, by :attr:`pooling`."""
