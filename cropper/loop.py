@@ -45,9 +45,9 @@ from cropper.messages import Conversation
 from cropper.parsing import parse_boxes, parse_reply
 from cropper.prompts import PromptPhoto, PromptSet
 from cropper.result import Candidate, CropResult, Round
-from cropper.scoring import Scorer, Weights
+from cropper.scoring import Scorer, Weights, weights_by_task
 from cropper.sizing import budget_from_spec, fit_to_budget
-from cropper.tasks import TASKS, Ratio, Subject, check_request, check_task, subject_from_spec
+from cropper.tasks import Ratio, Subject, check_request, subject_from_spec
 from cropper.vlm.base import VLM, Sampling
 from cropper.vlm.schema import boxes_schema, ground_schema
 
@@ -152,7 +152,7 @@ class Cropper:
         self.embedder = components.make_embedder(clip, index)
         # Exemplars only feed the VLM's prompt: without a VLM the bank is left unloaded.
         self.index = components.make_index(index, self.embedder) if vlm is not None else None
-        weights = _weights_by_task(score_weights)
+        weights = weights_by_task(score_weights)
         self.scorer = Scorer(
             self.embedder,
             components.make_head(head, self.embedder),
@@ -557,32 +557,6 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
-
-
-def _weights_by_task(spec: Any) -> dict[str, Weights]:
-    """``score_weights`` as a Weights a task: one for all tasks, or a dict by task."""
-    if spec is None:
-        return {}
-    if isinstance(spec, (str, Weights)):
-        return {task: _as_weights(spec) for task in TASKS}
-    if isinstance(spec, dict):
-        for task in spec:
-            check_task(task)
-        return {task: _as_weights(w) for task, w in spec.items()}
-    raise ConfigError(
-        f"score_weights must be 'term=weight,...', a Weights or a dict of them by task; "
-        f"got {type(spec).__name__}"
-    )
-
-
-def _as_weights(spec: Any) -> Weights:
-    if isinstance(spec, Weights):
-        return spec
-    if isinstance(spec, str):
-        return Weights.parse(spec)
-    if isinstance(spec, dict):
-        return Weights.parse(",".join(f"{k}={v}" for k, v in spec.items()))
-    raise ConfigError(f"score weights {spec!r}: write 'aesthetic=1,knowledge=1' or a Weights")
 
 
 def _with_top(result: CropResult, cfg: CropConfig) -> CropResult:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cropper.errors import ConfigError
+from cropper.tasks import TASKS, check_task
 from retrieval.embedder import Embedder
 
 if TYPE_CHECKING:
@@ -73,6 +74,32 @@ TASK_WEIGHTS: dict[str, Weights] = {
     "subject": Weights(aesthetic=1, area=1),
     "aspect": Weights(content=1),
 }
+
+
+def weights_by_task(spec: Any) -> dict[str, Weights]:
+    """``score_weights`` as a Weights a task: one for all tasks, or a dict by task."""
+    if spec is None:
+        return {}
+    if isinstance(spec, (str, Weights)):
+        return {task: _as_weights(spec) for task in TASKS}
+    if isinstance(spec, dict):
+        for task in spec:
+            check_task(task)
+        return {task: _as_weights(w) for task, w in spec.items()}
+    raise ConfigError(
+        f"score_weights must be 'term=weight,...', a Weights or a dict of them by task; "
+        f"got {type(spec).__name__}"
+    )
+
+
+def _as_weights(spec: Any) -> Weights:
+    if isinstance(spec, Weights):
+        return spec
+    if isinstance(spec, str):
+        return Weights.parse(spec)
+    if isinstance(spec, dict):
+        return Weights.parse(",".join(f"{k}={v}" for k, v in spec.items()))
+    raise ConfigError(f"score weights {spec!r}: write 'aesthetic=1,knowledge=1' or a Weights")
 
 
 @dataclass(frozen=True)

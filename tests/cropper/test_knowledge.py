@@ -158,3 +158,29 @@ def test_the_cropper_scores_with_the_prompt_folders_knowledge(tmp_path):
     assert cropper.scorer.active_weights("aspect") == {"content": 1.0}
     plain = Cropper(vlm=vlm, clip=ToyClip(), head=None, index=None)
     assert plain.scorer.knowledge is None
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (None, {}),
+        ("knowledge=1", {t: Weights(knowledge=1) for t in ("free", "subject", "aspect")}),
+        ({"aspect": {"content": 1, "knowledge": 2}}, {"aspect": Weights(content=1, knowledge=2)}),
+        ({"free": Weights(area=1)}, {"free": Weights(area=1)}),
+    ],
+)
+def test_score_weights_for_every_task_or_by_task(spec, expected):
+    from cropper.scoring import weights_by_task
+
+    assert weights_by_task(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [({"portrait": "area=1"}, "unknown task"), (3, "score_weights must be"), ({"free": 3}, "3")],
+)
+def test_bad_score_weights_are_one_clear_error(spec, message):
+    from cropper.scoring import weights_by_task
+
+    with pytest.raises(ConfigError, match=message):
+        weights_by_task(spec)
