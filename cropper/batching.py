@@ -68,8 +68,8 @@ class Server:
                 try:
                     results = call([requests[i] for i in group])
                 except VLMError as exc:
-                    if exc.retryable:
-                        raise  # the server is gone: every photo would fail the same way
+                    if exc.stops_batch:
+                        raise  # the server is gone, or refuses every photo alike
                     results = [exc] * len(group)
                 except CropperError as exc:
                     results = [exc] * len(group)
@@ -115,7 +115,8 @@ def drive_many(steps: dict[int, Steps], server: Server) -> Iterator[tuple[int, A
     """Run many photos' loops in lockstep; yields ``(key, result or CropperError)`` as each ends.
 
     A photo whose loop raises a :class:`CropperError` yields that error and the others go
-    on; an unreachable server (a retryable :class:`VLMError`) stops them all.
+    on; an unreachable server, or one that refuses every request alike (a
+    :class:`VLMError` whose ``stops_batch``), stops them all.
     """
     waiting: dict[int, Request] = {}
     answers: dict[int, Any] = dict.fromkeys(steps)
@@ -130,7 +131,7 @@ def drive_many(steps: dict[int, Steps], server: Server) -> Iterator[tuple[int, A
             except StopIteration as done:
                 finished.append((key, done.value))
             except VLMError as exc:
-                if exc.retryable:
+                if exc.stops_batch:
                     raise
                 finished.append((key, exc))
             except CropperError as exc:

@@ -30,11 +30,22 @@ class ImageError(CropperError, ValueError):
 
 
 class VLMError(CropperError):
-    """The VLM failed to answer. ``retryable`` says whether trying again may help."""
+    """The VLM failed to answer.
 
-    def __init__(self, message: str, *, retryable: bool = False):
+    ``retryable`` says whether trying again may help; ``every_request`` that every request
+    would fail the same way (a wrong key, model name or URL), so a batch stops rather than
+    failing each photo alike.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, every_request: bool = False):
         super().__init__(message)
         self.retryable = retryable
+        self.every_request = every_request
+
+    @property
+    def stops_batch(self) -> bool:
+        """The server is gone, or would refuse every photo: going on cannot help."""
+        return self.retryable or self.every_request
 
 
 class ParseError(CropperError, ValueError):

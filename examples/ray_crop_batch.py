@@ -101,8 +101,8 @@ class CropActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["image"]]
-        # A retryable VLMError (the server is gone) raises here and stops the run: the lines
-        # already written stay, and a rerun resumes after them.
+        # A VLMError that stops a batch (the server is gone, or refuses every photo) raises
+        # here and stops the run: the lines already written stay, and a rerun resumes after.
         results = self.cropper.crop_batch(paths, **self.request)
         task = self.request["task"]
         lines = [_line(p, r, task) for p, r in zip(paths, results, strict=True)]

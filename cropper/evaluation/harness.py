@@ -149,8 +149,8 @@ def run_split(
             try:
                 result = method.crop(photo.path, task=task, **photo.request(task))
             except VLMError as exc:
-                if exc.retryable:
-                    raise  # the server is gone: stop now, resume later
+                if exc.stops_batch:
+                    raise  # the server is gone, or refuses every photo: stop now, resume later
                 outcome.failures.append((photo.name, str(exc)))
                 continue
             except CropperError as exc:

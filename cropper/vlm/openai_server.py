@@ -277,7 +277,9 @@ def _status_error(message: str, status: int) -> VLMError:
     from its class and message, and tools read ``cropper.errors.VLMError`` in a
     remote traceback.
     """
-    error = VLMError(message, retryable=_is_retryable_status(status))
+    # A wrong key or a wrong model or URL refuses every request alike.
+    every = status in (401, 403, 404)
+    error = VLMError(message, retryable=_is_retryable_status(status), every_request=every)
     error.status = status  # type: ignore[attr-defined]
     return error
 
@@ -650,7 +652,8 @@ class OpenAIServerVLM(VLM):
             raise VLMError(
                 f"the VLM server at {self.base_url} answered {endpoint} with {kind}, not "
                 f"JSON ({snippet}); check that the URL is the API root of an "
-                "OpenAI-compatible server, such as http://localhost:8000/v1"
+                "OpenAI-compatible server, such as http://localhost:8000/v1",
+                every_request=True,
             )
         raise VLMError(
             f"the VLM server at {self.base_url} sent malformed JSON for {endpoint}: {snippet}"

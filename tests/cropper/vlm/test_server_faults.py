@@ -348,3 +348,26 @@ def test_a_batch_cut_by_a_restart_stops_clearly_and_a_rerun_finishes(
         assert f"{done} photos already done" in capsys.readouterr().err
         assert len(server.chat_requests) - asked == 3 * (12 - done)  # none asked twice
     assert_each_photo_once(shoot, out)
+
+
+def test_a_batch_refused_alike_for_every_photo_stops_at_once(tmp_path, capsys):
+    """A wrong key (or model, or URL) fails every photo the same way: one line, not N."""
+    import pickle
+
+    from cropper.cli import main
+    from cropper.testing.synthetic import synthetic_photo
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        synthetic_photo(i, size=(96, 72), discs=3).save(photos / f"p{i}.jpg")
+    with OpenAICompatibleServer(api_key="the-right-key") as server:
+        code = main(["crop", str(photos), "--out", str(tmp_path / "out"), "--vlm", server.url,
+                     "--api-key", "a-wrong-key", "--clip", "none", "--head", "none",
+                     "--index", "none", "--concurrency", "2"])  # fmt: skip
+        asked = len(server.chat_requests)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "HTTP 401" in err[0], err
+    assert asked <= 4  # the first requests in flight, not one per photo
+    refused = VLMError("HTTP 401", every_request=True)
+    assert pickle.loads(pickle.dumps(refused)).stops_batch  # as Ray hands it back
