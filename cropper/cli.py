@@ -33,6 +33,28 @@ def positive_int(value: str) -> int:
     return number
 
 
+def positive_float(value: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not (0 < number < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value!r}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value!r}")
+    return number
+
+
 def none_or(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
@@ -110,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-urls",
         action="store_true",
         help="fetch photos given as http(s) URLs (at most 50 MB and 20 s each)",
+    )
+    crop.add_argument(
+        "--timeout",
+        type=positive_float,
+        help="seconds a server request may take before it is retried (default 120)",
+    )
+    crop.add_argument(
+        "--max-retries",
+        type=non_negative_int,
+        help="retries of a server request that failed in a way that may pass (default 4)",
     )
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
     crop.add_argument(
@@ -242,8 +274,13 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
         "allow_urls": getattr(args, "allow_urls", False),
     }
     settings = {key: value for key, value in options.items() if value}
+    backend = {
+        "timeout": getattr(args, "timeout", None),
+        "max_retries": getattr(args, "max_retries", None),
+    }
     return Cropper(
         score_weights=getattr(args, "score_weights", None),
+        vlm_options={key: value for key, value in backend.items() if value is not None},
         vlm=args.vlm,
         clip=args.clip,
         head=args.head,

@@ -41,14 +41,25 @@ def vlm_spec(vlm: Any) -> Any:
     return spec
 
 
-def make_vlm(vlm: Any, api_key: str | None = None) -> Any:
-    """The VLM, loaded; ``None`` when the spec names none."""
+def make_vlm(vlm: Any, api_key: str | None = None, options: dict | None = None) -> Any:
+    """The VLM, loaded; ``None`` when the spec names none.
+
+    ``options`` go to a server backend's constructor (``timeout=``, ``max_retries=``).
+    """
     from cropper.vlm import load_vlm
 
     spec = vlm_spec(vlm)
     if spec is None:
         return None
-    kwargs = {"api_key": api_key} if api_key and isinstance(spec, str) and "://" in spec else {}
+    kwargs = dict(options or {})
+    server = isinstance(spec, str) and "://" in spec
+    if kwargs and not server:
+        raise ConfigError(
+            f"VLM {spec!r} takes no {', '.join(sorted(kwargs))}: those options apply to a "
+            "server URL (http://host:8000/v1)"
+        )
+    if api_key and server:
+        kwargs["api_key"] = api_key
     return load_vlm(spec, **kwargs)
 
 

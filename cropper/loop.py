@@ -130,6 +130,8 @@ class Cropper:
             ``knowledge/good.txt`` and ``bad.txt`` (:mod:`cropper.knowledge`).
         config: a :class:`CropConfig`; ``**settings`` override its fields.
         api_key: for a server that needs one (else ``$CROPPER_API_KEY``).
+        vlm_options: passed to the VLM backend, e.g. a server's ``timeout`` (seconds a
+            request may take, default 120) and ``max_retries`` (default 4).
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class Cropper:
         config: CropConfig | None = None,
         api_key: str | None = None,
         score_weights: Any = None,
+        vlm_options: dict[str, Any] | None = None,
         **settings: Any,
     ):
         self.config = (config or CropConfig()).replace(**settings)
@@ -159,7 +162,7 @@ class Cropper:
             weights=weights,
             knowledge=self._knowledge(weights),
         )
-        self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key)
+        self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key, options=vlm_options)
         self._exemplars = ExemplarSource(self.index) if self.index else None
         self._server = Server(self.vlm, self.embedder, self.scorer)
         self._no_vlm: HeadGridCrop | None = None

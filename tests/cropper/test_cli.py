@@ -125,3 +125,32 @@ def test_top_k_and_compose_through_a_real_server(server, photos, tmp_path, capsy
         if "composition" in json.dumps(r.body.get("response_format"))
     ]
     assert compose_requests, "the composition step asked the server"
+
+
+def test_timeout_and_max_retries_reach_the_server_backend(photos, capsys):
+    from cropper.testing.openai_server import Fault
+
+    with OpenAICompatibleServer(faults=[Fault(status=503)] * 5) as srv:
+        options = ["--index", "none", "--max-retries", "1", "--timeout", "5"]
+        code = run(srv, photos[0], *options)
+        asked = len(srv.chat_requests)
+    assert code == 2 and asked == 2  # the first try and one retry
+    assert "gave up after 2 attempts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--timeout", "0"], "must be a number > 0"), (["--max-retries", "-1"], "whole number >= 0")],
+)
+def test_bad_backend_options_are_usage_errors(server, photos, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_:
+        run(server, photos[0], *extra)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_backend_options_for_a_local_model_are_refused(tmp_path):
+    from cropper import ConfigError, Cropper
+
+    with pytest.raises(ConfigError, match="takes no max_retries"):
+        Cropper(vlm=str(tmp_path), clip=None, head=None, index=None,
+                vlm_options={"max_retries": 2})  # fmt: skip
