@@ -71,7 +71,7 @@ def add_eval_commands(commands: Any) -> None:
 
 
 def _add_crop_command(actions: Any) -> None:
-    from cropper.cli import none_or
+    from cropper.cli import none_or, positive_int
     from cropper.components import DEFAULT
     from cropper.tasks import TASKS
 
@@ -112,6 +112,11 @@ def _add_crop_command(actions: Any) -> None:
     )
     crop.add_argument(
         "--compose", action="store_true", help="a composition step before the first round"
+    )
+    crop.add_argument(
+        "--top-k",
+        type=positive_int,
+        help="also keep the K best diverse crops and report iou_top_k, the best IoU among them",
     )
     crop.add_argument(
         "--score-weights",

@@ -142,6 +142,7 @@ def run_split(
     done = read_predictions(folder / PREDICTIONS)
     todo = [p for p in photos if p.name not in done]
     outcome = RunOutcome(resumed=len(photos) - len(todo))
+    top_k = getattr(getattr(method, "config", None), "top_k", 1)  # a Cropper's; baselines: 1
     if outcome.resumed:
         log.info("resuming: %d of %d photos already done", outcome.resumed, len(photos))
     with JsonLines(folder / PREDICTIONS) as sink:
@@ -162,6 +163,8 @@ def run_split(
                 "box": [round(v, 2) for v in photo.pixels(result.box)],
                 "score": round(float(result.score), 6),
             }
+            if top_k > 1 and result.top:  # the diverse crops, for iou_top_k
+                line["top"] = [[round(v, 2) for v in photo.pixels(c.box)] for c in result.top]
             sink.append(line)
             outcome.cropped += 1
     return outcome
@@ -211,6 +214,11 @@ def score_predictions(
         box = tuple(float(v) for v in record["box"])
         truths = [photo.pixels(t) for t in photo.truths]
         values = metrics.box_metrics(box, truths, photo.size)
+        if record.get("top"):  # the best of the k diverse crops, as diverse cropping measures
+            values["iou_top_k"] = max(
+                metrics.box_metrics(tuple(map(float, b)), truths, photo.size)["iou"]
+                for b in record["top"]
+            )
         if ranked and photo.scores is not None and len(photo.crops) >= max(metrics.TOP_K):
             ious = [metrics.iou(box, photo.pixels(c)) for c in photo.crops]
             values |= metrics.photo_score_metrics(photo.scores, ious)
@@ -219,10 +227,17 @@ def score_predictions(
 
 
 def summarize(scored: Sequence[PhotoScore], *, ranked: bool) -> dict[str, float]:
-    """The means over photos: ``iou``, ``bde``, and with ``ranked`` the ranking metrics."""
+    """The means over photos of each photo's metrics.
+
+    ``iou`` and ``bde``; ``iou_top_k`` (the best IoU among a photo's top-k crops) over the
+    photos that have them; with ``ranked``, the ranking metrics.
+    """
     if not scored:
         raise ConfigError("no photo was cropped, so there is nothing to measure")
     out = metrics.mean_box_metrics(s.values for s in scored)
+    tops = [s.values["iou_top_k"] for s in scored if "iou_top_k" in s.values]
+    if tops:
+        out["iou_top_k"] = float(sum(tops) / len(tops))
     rows = [s.values for s in scored if "srcc" in s.values]
     if ranked and rows:
         keys = [k for k in rows[0] if k not in ("iou", "bde")]

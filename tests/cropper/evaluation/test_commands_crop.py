@@ -83,3 +83,20 @@ def test_the_composition_step_and_score_weights_are_measured_and_reported(
     assert chats == 2 * 4  # a compose step, then a propose and two refine rounds per photo
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["config"]["compose"] is True and report["score_weights"] == "area=1"
+
+
+def test_top_k_reports_the_best_iou_among_the_diverse_crops(
+    gaicd_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with OpenAICompatibleServer() as server:
+        argv = ["eval", "crop", "--dataset", "gaicd", "--root", str(gaicd_root), "--split",
+                "test", "--vlm", server.url, "--clip", "none", "--head", "none", "--index",
+                "none", "--top-k", "4", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+        assert main(argv) == 0
+    result = _last_json(capsys.readouterr().out)
+    lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").open()]
+    assert all(line["top"][0] == line["box"] and len(line["top"]) <= 4 for line in lines)
+    # The chosen crop is one of the k, so the best of them is at least as good.
+    assert result["iou_top_k"] >= result["iou"] - 1e-9
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["metrics"]["iou_top_k"] == pytest.approx(result["iou_top_k"])
