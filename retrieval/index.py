@@ -140,6 +140,10 @@ class ExemplarIndex:
     def __len__(self) -> int:
         return len(self.exemplars)
 
+    def vectors(self) -> np.ndarray:
+        """The bank's unit vectors in row order; flat and HNSW-flat indexes keep them whole."""
+        return np.asarray(self._index.reconstruct_n(0, self._index.ntotal), dtype=np.float32)
+
     def __repr__(self) -> str:
         return f"ExemplarIndex({len(self)} exemplars, embedder={self.embedder_name!r})"
 
@@ -205,7 +209,7 @@ class ExemplarIndex:
             manifest[f"recall_at_{RECALL_AT}"] = round(float(recall), 4)
         folder = Path(out)
         try:
-            _write(folder, index, kept, manifest)
+            write_bank(folder, index, kept, manifest)
         except OSError as exc:
             raise ExemplarIndexError(f"cannot write the exemplar bank to {folder}: {exc}") from None
         discard_partial(folder)  # only now: until the manifest is in, a rerun resumes
@@ -332,7 +336,9 @@ def _stored_path(image: str, folder: Path) -> str:
     return str(path)
 
 
-def _write(folder: Path, index: Any, exemplars: list[Exemplar], manifest: dict[str, Any]) -> None:
+def write_bank(
+    folder: Path, index: Any, exemplars: list[Exemplar], manifest: dict[str, Any]
+) -> None:
     """Write the three files, each atomically; the manifest goes last.
 
     The old manifest is removed first, so a build stopped halfway leaves a folder

@@ -67,7 +67,7 @@ def merge_banks(
         sources.append(bank)
     exemplars = [ex for bank in sources for ex in bank.exemplars]
     _warn_repeated_photos(exemplars)
-    vectors = np.concatenate([_vectors(bank) for bank in sources], axis=0)
+    vectors = np.concatenate([bank.vectors() for bank in sources], axis=0)
     index, params = ann.build_vector_index(vectors, index_type)
     manifest = _manifest(sources, params, len(exemplars))
     if params.get("kind") != "flat":
@@ -106,16 +106,6 @@ def _check_same_embedder(first: Any, other: Any) -> None:
             f"with {first.folder} (embedder {first.embedder_name!r}, {first.dim}-d): banks must "
             f"share one embedder; rebuild {other.folder} with --clip {first.embedder_name}"
         )
-
-
-def _vectors(bank: Any) -> np.ndarray:
-    """The bank's unit vectors in row order, read back from its faiss index.
-
-    Flat and HNSW-flat indexes both keep the full vectors, so this is exact. It reaches
-    into the index until :class:`ExemplarIndex` offers its vectors itself.
-    """
-    faiss_index = bank._index
-    return np.asarray(faiss_index.reconstruct_n(0, faiss_index.ntotal), dtype=np.float32)
 
 
 def _warn_repeated_photos(exemplars: list[Exemplar]) -> None:
@@ -166,11 +156,10 @@ def _write_bank(
     folder: Path, index: Any, exemplars: list[Exemplar], manifest: dict[str, Any]
 ) -> None:
     """Write as a build writes: the three files atomically, the manifest last."""
-    # A private writer of retrieval.index, reused so that a merged bank is a bank like any other.
-    from retrieval.index import _write
+    from retrieval.index import write_bank
 
     try:
-        _write(folder, index, exemplars, manifest)
+        write_bank(folder, index, exemplars, manifest)
     except OSError as exc:
         raise ExemplarIndexError(f"cannot write the merged bank to {folder}: {exc}") from None
     discard_partial(folder)  # a stopped build's work there is for a bank now replaced
