@@ -35,15 +35,6 @@ from cropper.result import Candidate, CropResult, Round
 from cropper.testing.synthetic import synthetic_photo
 
 HERE = Path(__file__).resolve().parent
-SETTINGS = {
-    "exemplars": 30,
-    "exemplar_crops": 5,
-    "crops": 6,
-    "refine_rounds": 2,
-    "query_side": 1024,
-    "exemplar_side": 448,
-    "candidate_side": 224,
-}
 
 
 def _tokens_module() -> Any:
@@ -65,12 +56,12 @@ def _best_of(fn: Any, repeats: int = 5) -> float:
 def paper_result(tokens: Any, family: str = "qwen2.5-vl") -> CropResult:
     """A CropResult holding the paper workload's three prompts and 18 candidates."""
     budget, coords = tokens.FAMILIES[family]["budget"], tokens.FAMILIES[family]["coords"]
-    held = tokens.workload("free", budget, SETTINGS)
+    held = tokens.workload("free", budget, tokens.PAPER_WORKLOAD)
     feedback = held.pop("rounds")
     prompts = PromptSet()
     photo = synthetic_photo(0, (1536, 1024))
     rounds, candidates = [], []
-    for k in range(1 + SETTINGS["refine_rounds"]):
+    for k in range(1 + tokens.PAPER_WORKLOAD["refine_rounds"]):
         stage = "propose" if k == 0 else "refine"
         shown = feedback[k - 1] if k else []
         prompt = prompts.render("free", stage, coords=coords, candidates=shown, **held)
@@ -111,7 +102,7 @@ def debug_costs(result: CropResult) -> dict[str, Any]:
 def composition_tokens(tokens: Any, cache: Path, family: str = "qwen2.5-vl") -> dict[str, Any]:
     processor, source = tokens.load_processor(family, None, cache)
     budget, coords = tokens.FAMILIES[family]["budget"], tokens.FAMILIES[family]["coords"]
-    held = tokens.workload("free", budget, SETTINGS)
+    held = tokens.workload("free", budget, tokens.PAPER_WORKLOAD)
     held.pop("rounds")
     prompts = PromptSet()
     compositions = load_compositions(default_prompt_dir())

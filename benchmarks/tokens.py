@@ -53,6 +53,16 @@ FAMILIES = {
     "qwen2.5-vl": {"budget": BUDGETS["qwen2.5-vl"], "coords": "pixel", "tiny": "qwen2_5_vl"},
     "qwen3-vl": {"budget": BUDGETS["qwen3-vl"], "coords": "norm1000", "tiny": "qwen3_vl"},
 }
+#: The paper's workload: S, T, R, L and the sides photos are sent at.
+PAPER_WORKLOAD = {
+    "exemplars": 30,
+    "exemplar_crops": 5,
+    "crops": 6,
+    "refine_rounds": 2,
+    "query_side": 1024,
+    "exemplar_side": 448,
+    "candidate_side": 224,
+}
 #: Exemplar photo sizes, cycled: GAICD's photos are mostly landscape, some portrait.
 EXEMPLAR_SIZES = [(1024, 768), (1024, 683), (768, 1024), (1024, 576), (1024, 1024)]
 
@@ -231,16 +241,7 @@ def token_counts(
     ``crops`` (R), ``refine_rounds`` (L), ``query_side``, ``exemplar_side``,
     ``candidate_side``.
     """
-    settings = {
-        "exemplars": 30,
-        "exemplar_crops": 5,
-        "crops": 6,
-        "refine_rounds": 2,
-        "query_side": 1024,
-        "exemplar_side": 448,
-        "candidate_side": 224,
-        **overrides,
-    }
+    settings = {**PAPER_WORKLOAD, **overrides}
     tasks = tasks or (("free",) if quick else ("free", "subject", "aspect"))
     families = families or (("qwen2.5-vl",) if quick else tuple(FAMILIES))
     rows, tokenizers = [], {}
