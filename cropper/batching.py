@@ -60,7 +60,10 @@ class Server:
         self.vlm, self.embedder, self.scorer = vlm, embedder, scorer
 
     def answer(self, requests: Sequence[Request]) -> list[Any]:
-        """One answer per request, in order; an error that hits a call is each one's answer."""
+        """One answer per request, in order; an error is the answer of the requests it hit.
+
+        A :class:`VLMError` that every request would meet (``stops_batch``) is raised.
+        """
         answers: list[Any] = [None] * len(requests)
         for kind, call in ((Generate, self._generate), (Embed, self._embed), (Score, self._score)):
             positions = [i for i, r in enumerate(requests) if isinstance(r, kind)]
@@ -77,8 +80,9 @@ class Server:
                     answers[i] = result
         return answers
 
-    def _generate(self, requests: list[Generate]) -> list[list[str]]:
-        return self.vlm.generate([r.prompt for r in requests], requests[0].sampling)
+    def _generate(self, requests: list[Generate]) -> list[list[str] | VLMError]:
+        # A photo's own failure (an image its processor refuses) is its answer alone.
+        return self.vlm.generate_each([r.prompt for r in requests], requests[0].sampling)
 
     def _embed(self, requests: list[Embed]) -> list[np.ndarray]:
         return list(self.embedder.embed([r.photo for r in requests]))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 
 class CropperError(Exception):
-    """Base of every error cropper raises on purpose."""
+    """Base of every error cropper raises on purpose.
+
+    An error that ends one photo's crop carries, as ``partial``, what was done before it
+    (a :class:`cropper.result.PartialCrop`: the photo and the rounds so far), so a debug
+    folder can show it; ``None`` otherwise.
+    """
+
+    partial: object = None
 
 
 class ConfigError(CropperError, ValueError):
@@ -33,8 +40,9 @@ class VLMError(CropperError):
     """The VLM failed to answer.
 
     ``retryable`` says whether trying again may help; ``every_request`` that every request
-    would fail the same way (a wrong key, model name or URL), so a batch stops rather than
-    failing each photo alike.
+    would fail the same way (a wrong key, model name or URL, a server that cannot be
+    reached, every request in flight failing), so a batch stops rather than failing each
+    photo alike. Any other VLM error belongs to its photo alone.
     """
 
     def __init__(self, message: str, *, retryable: bool = False, every_request: bool = False):
@@ -45,7 +53,7 @@ class VLMError(CropperError):
     @property
     def stops_batch(self) -> bool:
         """The server is gone, or would refuse every photo: going on cannot help."""
-        return self.retryable or self.every_request
+        return self.every_request
 
 
 class ParseError(CropperError, ValueError):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cropper.errors import VLMError
 from cropper.messages import Conversation
 
 
@@ -19,6 +20,8 @@ class Sampling:
     max_tokens: int = 512  # enough for a dozen boxes as JSON
     json_schema: dict[str, Any] | None = None  # constrain replies to this schema when set
     seed: int | None = None  # for reproducible sampling where the backend supports it
+    top_p: float | None = None  # nucleus sampling; None: the backend's default, not sent
+    top_k: int | None = None  # sample from the k likeliest tokens; None: not sent
 
 
 class VLM(ABC):
@@ -26,6 +29,10 @@ class VLM(ABC):
 
     #: A short name for logs and traces (a model id or a URL).
     name: str = "vlm"
+    #: Whether a sampling's ``json_schema`` is meant to hold the replies to it (constrained
+    #: decoding, or a server asked for structured outputs). The loop reads replies that are
+    #: not JSON then as a sign the schema was ignored, and says so.
+    constrains_output: bool = False
 
     @abstractmethod
     def generate(
@@ -36,6 +43,32 @@ class VLM(ABC):
         Returns one list of ``n`` reply strings per conversation, in order. Raises
         :class:`cropper.errors.VLMError` when the model cannot answer at all.
         """
+
+    def generate_each(
+        self, conversations: Sequence[Conversation], sampling: Sampling
+    ) -> list[list[str] | VLMError]:
+        """:meth:`generate`, where a conversation that fails alone fails alone.
+
+        Returns, per conversation, its replies or the :class:`VLMError` that is its own.
+        Backends batch conversations into one call, and one bad conversation (an image the
+        processor refuses, a prompt too long) fails such a call for all: then each is
+        asked again alone, and only the ones that fail alone get their error. An error that
+        every request would meet (``every_request``) is raised, as it is no one photo's.
+        """
+        try:
+            return list(self.generate(conversations, sampling))
+        except VLMError as exc:
+            if exc.every_request or len(conversations) < 2:
+                raise
+        answers: list[list[str] | VLMError] = []
+        for conversation in conversations:
+            try:
+                answers.append(self.generate([conversation], sampling)[0])
+            except VLMError as exc:
+                if exc.every_request:
+                    raise
+                answers.append(exc)
+        return answers
 
     def close(self) -> None:  # noqa: B027 (optional to override)
         """Release what the backend holds (connections, GPU memory)."""

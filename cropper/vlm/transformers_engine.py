@@ -105,6 +105,9 @@ class TransformersVLM(VLM):
     """A Qwen2.5-VL, Qwen3-VL or other image-text-to-text model run by transformers.
 
     ``model`` is a hub id (loaded from the local cache when offline) or a folder.
+    A chunk whose processing fails (an image its processor refuses) is asked again
+    conversation by conversation (:meth:`~cropper.vlm.base.VLM.generate_each`), so one
+    photo's fault is its own.
     ``batch_size`` conversations share one ``generate`` call; ``constrained``
     turns on xgrammar when a sampling asks for a JSON schema. ``static_cache``
     decodes with a preallocated cache that transformers compiles (None: on when the
@@ -134,6 +137,7 @@ class TransformersVLM(VLM):
         self.name = str(model)
         self.batch_size = batch_size
         self.constrained = constrained
+        self.constrains_output = constrained
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         self.static_cache = resolve_static_cache(static_cache, self.device)
@@ -294,8 +298,9 @@ class TransformersVLM(VLM):
             "pad_token_id": self._pad_id,
             "do_sample": do_sample,
             "temperature": sampling.temperature if do_sample else 1.0,
-            "top_k": 0 if do_sample else 50,
-            "top_p": 1.0,
+            # A user's top_k and top_p apply to sampling; otherwise neutral (see above).
+            "top_k": (sampling.top_k or 0) if do_sample else 50,
+            "top_p": (sampling.top_p or 1.0) if do_sample else 1.0,
             "repetition_penalty": 1.0,
         }
         if self.static_cache:

@@ -52,9 +52,18 @@ def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
     }
     if sampling.seed is not None:
         kwargs["seed"] = sampling.seed
+    if sampling.top_p is not None:
+        kwargs["top_p"] = sampling.top_p
+    if sampling.top_k is not None:
+        kwargs["top_k"] = sampling.top_k
     if sampling.json_schema is not None:
         kwargs["structured_outputs"] = {"json": sampling.json_schema}
     return kwargs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _import_vllm() -> Any:
@@ -72,8 +81,12 @@ class VLLMEngineVLM(VLM):
 
     ``engine_kwargs`` go to ``vllm.LLM`` as they are (``max_model_len``,
     ``gpu_memory_utilization``, ``limit_mm_per_prompt``, ...). Replies to a
-    batch of conversations are generated in one ``LLM.chat`` call.
+    batch of conversations are generated in one ``LLM.chat`` call; when that call
+    fails, :meth:`~cropper.vlm.base.VLM.generate_each` asks for each conversation
+    alone, so only the photo at fault fails.
     """
+
+    constrains_output = True  # structured outputs hold replies to the JSON schema
 
     def __init__(self, model: str, **engine_kwargs: Any):
         vllm = _import_vllm()
@@ -92,16 +105,21 @@ class VLLMEngineVLM(VLM):
         kwargs = sampling_kwargs(sampling)
         if "structured_outputs" in kwargs:
             kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
-        params = self._vllm.SamplingParams(**kwargs)
         try:
+            params = self._vllm.SamplingParams(**kwargs)
             outputs = self._llm.chat(
                 [to_vllm_messages(c) for c in conversations],
                 sampling_params=params,
                 use_tqdm=False,
             )
-        except (ValueError, RuntimeError) as exc:
-            # vLLM raises these for prompts over max_model_len, bad chat input, OOM.
-            raise VLMError(f"vLLM could not answer with {self.model}: {exc}") from exc
+        except Exception as exc:  # vLLM's own errors, whatever their class: kept in the message
+            # vLLM >= 0.12 raises VLLMValidationError (no ValueError) for a prompt over
+            # max_model_len, too many images, greedy sampling with n > 1; others raise
+            # ValueError or RuntimeError (bad chat input, out of memory).
+            raise VLMError(
+                f"vLLM could not answer with {self.model}: {type(exc).__name__}: "
+                f"{_first_line(exc)}"
+            ) from exc
         return [[choice.text for choice in output.outputs] for output in outputs]
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ class BatchRecorder(VLM):
     def generate(self, conversations, sampling):
         self.batches.append(len(conversations))
         if self.fail_on is not None and len(self.batches) == self.fail_on:
-            raise VLMError("the server went away", retryable=True)
+            raise VLMError("the server went away", retryable=True, every_request=True)
         out = []
         for conversation in conversations:
             text = "".join(p.text for m in conversation for p in m.parts if hasattr(p, "text"))
@@ -137,7 +137,7 @@ def test_an_error_in_a_lane_reaches_the_caller_and_stops_new_chunks() -> None:
     def run(chunk):
         taken.append(chunk)
         if chunk == 1:
-            raise VLMError("the server went away", retryable=True)
+            raise VLMError("the server went away", retryable=True, every_request=True)
         time.sleep(0.05)
         return iter([chunk])
 

@@ -118,7 +118,7 @@ def test_a_bad_photo_is_reported_and_the_rest_are_cropped(scripted, tmp_path: Pa
 
 
 def test_an_unreachable_server_stops_the_run(scripted, tmp_path: Path) -> None:
-    down = VLMError("connection refused", retryable=True)
+    down = VLMError("connection refused", retryable=True, every_request=True)
     method = scripted(lambda _: Box.whole(), fail={"p1.jpg": down})
     with pytest.raises(VLMError):
         run_split(method, _photos(3), "free", tmp_path, progress=False)

@@ -119,3 +119,65 @@ def test_generate_wires_chat_and_structured_outputs(monkeypatch):
     assert isinstance(structured, StructuredOutputsParams)
     assert structured.kwargs == {"json": SCHEMA}
     assert vlm.name == "some/model"
+
+
+class VLLMValidationError(Exception):
+    """vLLM >= 0.12's request validation error: not a ValueError, so nothing caught it."""
+
+
+def _stand_in_vllm(monkeypatch, refuse) -> None:
+    """A vllm module whose LLM.chat refuses a whole call when ``refuse(messages)`` is true."""
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            pass
+
+        def chat(self, messages, sampling_params, use_tqdm):
+            for conversation in messages:
+                if refuse(conversation):
+                    raise VLLMValidationError(
+                        "The decoder prompt (length 40213) is longer than the maximum model "
+                        "length of 32768. Make sure that `max_model_len` is no smaller than "
+                        "the number of text tokens plus multimodal tokens."
+                    )
+            reply = SimpleNamespace(text='{"crops": [[100, 100, 900, 800]]}')
+            return [
+                SimpleNamespace(outputs=[reply] * sampling_params.kwargs["n"]) for _ in messages
+            ]
+
+    fake = ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, SamplingParams
+    fake_params = ModuleType("vllm.sampling_params")
+    fake_params.StructuredOutputsParams = lambda **kwargs: kwargs
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", fake_params)
+
+
+def test_a_vllm_validation_error_fails_its_photo_alone_with_the_message_kept(monkeypatch):
+    from cropper import Cropper
+    from cropper.errors import VLMError
+
+    def too_long(conversation) -> bool:  # the photo 333 px wide stands for a too-long prompt
+        return any(
+            part.get("type") == "image_pil" and part["image_pil"].width == 333
+            for message in conversation
+            if isinstance(message["content"], list)
+            for part in message["content"]
+        )
+
+    _stand_in_vllm(monkeypatch, too_long)
+    photos = [Image.new("RGB", (w, 240), (90, 120, 30)) for w in (320, 333, 360)]
+    cropper = Cropper(vlm=VLLMEngineVLM("some/model"), clip=None, head=None, index=None)
+    good, bad, other = cropper.crop_batch(photos, task="free")
+    assert isinstance(bad, VLMError) and not bad.stops_batch
+    assert "VLLMValidationError" in str(bad) and "max_model_len" in str(bad)
+    assert "\n" not in str(bad)
+    for result in (good, other):  # the others were cropped, from the VLM's own boxes
+        assert not isinstance(result, Exception) and result.fallback is None
+        assert result.pixels[0] > 0
+    # What the failed photo got through is kept for its debug folder.
+    assert bad.partial is not None and bad.partial.rounds[-1].notes[0].startswith("failed:")
