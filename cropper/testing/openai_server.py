@@ -36,7 +36,8 @@ from typing import Any, Union
 
 from PIL import Image
 
-#: Makes ``n`` reply texts (``None`` for a null content) from a chat request body.
+#: Makes ``n`` reply texts (``None`` for a null content) from a chat request body; it may
+#: raise :class:`RequestError` to answer with that HTTP error, as a real server refuses.
 Responder = Callable[[dict[str, Any]], Sequence[str | None]]
 #: Seconds a chat request takes: a constant, or computed from the request body.
 Latency = Union[float, Callable[[dict[str, Any]], float]]  # noqa: UP007 (runtime alias)
@@ -52,6 +53,7 @@ _KNOWN_FIELDS = {
     "n",
     "temperature",
     "top_p",
+    "top_k",
     "max_tokens",
     "max_completion_tokens",
     "seed",
@@ -197,6 +199,10 @@ def validate_chat_request(body: Any, models: Sequence[str]) -> None:
     for name in ("max_tokens", "max_completion_tokens"):
         if name in body and (not _is_int(body[name]) or body[name] < 1):
             raise RequestError(400, f"{name} must be an integer >= 1; got {body[name]!r}", name)
+    if "top_p" in body and (not _is_number(body["top_p"]) or not 0 < body["top_p"] <= 1):
+        raise RequestError(400, f"top_p must be in (0, 1]; got {body['top_p']!r}", "top_p")
+    if "top_k" in body and (not _is_int(body["top_k"]) or body["top_k"] < -1):
+        raise RequestError(400, f"top_k must be an integer >= -1; got {body['top_k']!r}", "top_k")
     if "seed" in body and body["seed"] is not None and not _is_int(body["seed"]):
         raise RequestError(400, f"seed must be an integer; got {body['seed']!r}", "seed")
     if "response_format" in body:
@@ -576,7 +582,10 @@ class _Handler(BaseHTTPRequestHandler):
             validate_chat_request(body, self.app.models)
         except RequestError as exc:
             return self._error(exc)
-        texts = self.app._work(body)
+        try:
+            texts = self.app._work(body)
+        except RequestError as exc:  # the responder refused it, as a real server may
+            return self._error(exc)
         if texts is None:
             self.close_connection = True
             return  # stopping: give up on the reply

@@ -190,10 +190,18 @@ def build_chat_request(
         "messages": messages,
         "n": sampling.n,
         "temperature": sampling.temperature,
+        # The OpenAI name, which vLLM, SGLang, llama.cpp and transformers serve read first;
+        # max_tokens, deprecated there, for servers that know only it (Ollama).
+        "max_completion_tokens": sampling.max_tokens,
         "max_tokens": sampling.max_tokens,
     }
     if sampling.seed is not None:
         body["seed"] = sampling.seed
+    # Sent only when set: a server's own defaults (the model's generation config) stand.
+    if sampling.top_p is not None:
+        body["top_p"] = sampling.top_p
+    if sampling.top_k is not None:
+        body["top_k"] = sampling.top_k  # vLLM, SGLang, llama.cpp and transformers serve read it
     if sampling.json_schema is not None and structured_outputs:
         body["response_format"] = {
             "type": "json_schema",
@@ -294,19 +302,30 @@ class _Transient(Exception):
         *,
         retry_after: float | None = None,
         status: int | None = None,
+        shared: bool = False,
     ):
         super().__init__(message)  # what a retry logs: the hint is for the final error
         self.hint = hint
         self.retry_after = retry_after
         self.status = status
+        self.shared = shared  # every request meets it (the server cannot be reached)
+        self.repeated = False  # the same error twice: the server's answer, not its load
 
     def final(self, attempts: int) -> VLMError:
         """The one-line error raised when ``attempts`` tries all failed this way."""
+        if self.repeated:
+            message = (
+                f"{self} (the same error on {attempts} attempts: the server fails this request "
+                "every time, so it was not retried as load); check the server's log"
+            )
+            error = VLMError(message, retryable=False)
+            error.status = self.status  # type: ignore[attr-defined]
+            return error
         tries = f"gave up after {attempts} attempt{'s' * (attempts > 1)}"
         message = f"{self} ({tries}); {self.hint}"
         if self.status is not None:
             return _status_error(message, self.status)
-        return VLMError(message, retryable=True)
+        return VLMError(message, retryable=True, every_request=self.shared)
 
 
 def _is_retryable_status(status: int) -> bool:
@@ -466,6 +485,7 @@ class OpenAIServerVLM(VLM):
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._key = key  # only to blank it out of what a server echoes back
         self._model_checked = False
+        self._many_choices = True  # False once the server refused n > 1
         self._reached = False  # whether the server ever answered: a refusal then is a restart
         self._loop: _Loop | None = None
         self._loop_lock = threading.Lock()
@@ -488,9 +508,38 @@ class OpenAIServerVLM(VLM):
 
     max_concurrency = concurrency  # the older name, kept working
 
+    @property
+    def constrains_output(self) -> bool:  # type: ignore[override]
+        """Whether the JSON schema is sent (``response_format``) for the server to hold to."""
+        return self.structured_outputs
+
     def generate(
         self, conversations: Sequence[Conversation], sampling: Sampling
     ) -> list[list[str]]:
+        """Replies to every conversation; the first failure is raised for all."""
+        return self._gather(conversations, sampling, each=False)  # type: ignore[return-value]
+
+    def generate_each(
+        self, conversations: Sequence[Conversation], sampling: Sampling
+    ) -> list[list[str] | VLMError]:
+        """Replies, or each request's own error; one that every request meets is raised.
+
+        When every request of several fails, the cause is shared (the server is failing
+        or overloaded), and that is raised too, as an error that stops a batch.
+        """
+        answers = self._gather(conversations, sampling, each=True)
+        errors = [a for a in answers if isinstance(a, VLMError)]
+        if len(answers) > 1 and len(errors) == len(answers):
+            raise VLMError(
+                f"all {len(answers)} requests in flight failed; the first: {errors[0]}",
+                retryable=errors[0].retryable,
+                every_request=True,
+            )
+        return answers
+
+    def _gather(
+        self, conversations: Sequence[Conversation], sampling: Sampling, *, each: bool
+    ) -> list[list[str] | VLMError]:
         if sampling.n < 1:
             raise ConfigError(f"sampling.n must be at least 1; got {sampling.n}")
         if not conversations:
@@ -500,6 +549,14 @@ class OpenAIServerVLM(VLM):
             _results([loop.submit(self._check_model(loop))])
         assert self.model is not None
         failed = threading.Event()
+
+        def ends_all(future: concurrent.futures.Future) -> bool:
+            # Without ``each`` any failure ends the call; with it, only a shared one.
+            if not _failed(future):
+                return False
+            error = future.exception()
+            return not each or not isinstance(error, VLMError) or error.every_request
+
         futures: list[concurrent.futures.Future[list[str]]] = []
         try:
             # Each request leaves as soon as its payload is built, so encoding the
@@ -512,9 +569,24 @@ class OpenAIServerVLM(VLM):
                     messages, sampling, self.model, structured_outputs=self.structured_outputs
                 )
                 future = loop.submit(self._replies(loop, body, sampling.n))
-                future.add_done_callback(lambda f: _failed(f) and failed.set())
+                future.add_done_callback(lambda f: ends_all(f) and failed.set())
                 futures.append(future)
-            return _results(futures)
+            if not each:
+                return _results(futures)  # type: ignore[return-value]
+            pending = set(futures)
+            while pending:
+                # A photo's own error ends the wait for it alone; a shared one ends the call.
+                done, pending = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_EXCEPTION
+                )
+                for future in done:
+                    if ends_all(future):
+                        future.result()  # raises it
+            answers: list[list[str] | VLMError] = []
+            for future in futures:
+                error = future.exception()
+                answers.append(error if isinstance(error, VLMError) else future.result())
+            return answers
         finally:
             for future in futures:
                 future.cancel()  # the rest of a failed or interrupted batch
@@ -537,13 +609,33 @@ class OpenAIServerVLM(VLM):
             return self._loop
 
     async def _replies(self, loop: _Loop, body: dict, n: int) -> list[str]:
-        """``n`` replies; asks again for the rest if a server returns fewer (ignores ``n``)."""
+        """``n`` replies; asks again for the rest if a server returns fewer (ignores ``n``).
+
+        A server that refuses ``n`` above 1 (llama.cpp answers HTTP 500 "Only one
+        completion choice is allowed") is asked once with ``n`` 1; when that works, every
+        later request asks for one reply at a time.
+        """
         texts: list[str] = []
         while len(texts) < n:
-            request = {**body, "n": n - len(texts)}
+            want = n - len(texts) if self._many_choices else 1
+            request = {**body, "n": want}
             if texts and "seed" in request:
                 request["seed"] = body["seed"] + len(texts)  # new seed, new replies
-            reply = await self._call(loop, "POST", "/chat/completions", request)
+            try:
+                reply = await self._call(loop, "POST", "/chat/completions", request)
+            except VLMError as exc:
+                if want == 1 or exc.every_request or exc.retryable:
+                    raise
+                reply = await self._call(loop, "POST", "/chat/completions", {**request, "n": 1})
+                if self._many_choices:
+                    self._many_choices = False
+                    log.warning(
+                        "the VLM server at %s refused n=%d (%s) and answered n=1: asking for "
+                        "one reply a request from now on",
+                        self.base_url,
+                        want,
+                        exc,
+                    )
             try:
                 got = parse_chat_reply(reply)
             except ValueError as exc:
@@ -574,10 +666,23 @@ class OpenAIServerVLM(VLM):
         except (KeyError, TypeError, AttributeError):
             raise VLMError(
                 f"the VLM server at {self.base_url} answered GET /models without a model "
-                "list; pass model= explicitly"
+                "list; name the model with --model NAME (Python: model=)",
+                every_request=True,
             ) from None
         if not served:
-            raise VLMError(f"the VLM server at {self.base_url} serves no model; check its launch")
+            raise VLMError(
+                f"the VLM server at {self.base_url} serves no model; check its launch",
+                every_request=True,
+            )
+        if self.model is None and len(served) > 1:
+            # Their order is the server's (transformers serve lists every cached model, text
+            # models too, in an order that changes between restarts): guessing is wrong.
+            raise VLMError(
+                f"the VLM server at {self.base_url} serves {len(served)} models "
+                f"({_listing(served)}); name the vision-language model to use with --model NAME "
+                "(Python: model=)",
+                every_request=True,
+            )
         if self.model is None:
             self.model = served[0]
             self.name = self.model
@@ -585,16 +690,34 @@ class OpenAIServerVLM(VLM):
         elif self.model not in served:
             raise VLMError(
                 f"model {self.model!r} is not served at {self.base_url}; it serves "
-                f"{', '.join(served)}: pass one of them as model="
+                f"{_listing(served)}: name one of them with --model NAME (Python: model=)",
+                every_request=True,
             )
         self._model_checked = True
 
     async def _call(self, loop: _Loop, method: str, endpoint: str, body: dict | None = None) -> Any:
-        """One API call in one request slot, with retries; returns the decoded JSON body."""
+        """One API call in one request slot, with retries; returns the decoded JSON body.
+
+        A failure that may pass is retried; an HTTP 500 whose message repeats the last
+        one's is not: the server fails that request every time, which no wait mends.
+        """
+        seen: set[str] = set()
+
+        def worth_retrying(state: tenacity.RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome is not None else None
+            if not isinstance(error, _Transient):
+                return False
+            if error.status == 500:
+                if str(error) in seen:
+                    error.repeated = True
+                    return False
+                seen.add(str(error))
+            return True
+
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
             wait=_BackoffOrRetryAfter(self.backoff_initial, self.backoff_max),
-            retry=tenacity.retry_if_exception_type(_Transient),
+            retry=worth_retrying,
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -602,7 +725,7 @@ class OpenAIServerVLM(VLM):
             async with loop.lane(self.concurrency) as client:
                 return await retrying(self._call_once, client, method, endpoint, body)
         except _Transient as exc:
-            raise exc.final(self.max_retries + 1) from None
+            raise exc.final(retrying.statistics.get("attempt_number", 1)) from None
 
     async def _call_once(
         self, client: httpx.AsyncClient, method: str, endpoint: str, body: dict | None
@@ -618,11 +741,14 @@ class OpenAIServerVLM(VLM):
             unreachable = _Transient(
                 f"cannot reach the VLM server at {self.base_url} ({detail})",
                 "is it running, and is the URL right? start one with `vllm serve MODEL`",
+                shared=True,
             )
             if not self._reached:
                 # Never reached: a wrong URL or a server not started, which retries
                 # seconds apart will not mend. Once reached, it is a restart: retry.
-                raise VLMError(f"{unreachable}; {unreachable.hint}", retryable=True) from None
+                raise VLMError(
+                    f"{unreachable}; {unreachable.hint}", retryable=True, every_request=True
+                ) from None
             raise unreachable from None
         except httpx.TimeoutException:
             raise _Transient(
@@ -699,6 +825,12 @@ class OpenAIServerVLM(VLM):
             self.max_retries + 1,
             error,
         )
+
+
+def _listing(names: Sequence[str], shown: int = 8) -> str:
+    """Model names for a message: the first ``shown``, then a count."""
+    listed = ", ".join(names[:shown])
+    return listed if len(names) <= shown else f"{listed}, and {len(names) - shown} more"
 
 
 def _detail(exc: Exception) -> str:

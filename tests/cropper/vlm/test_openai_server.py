@@ -18,6 +18,7 @@ from cropper.messages import ImagePart, Message, TextPart
 from cropper.testing.openai_server import (
     Fault,
     OpenAICompatibleServer,
+    RequestError,
     decode_data_url,
     default_responder,
 )
@@ -152,11 +153,13 @@ def test_build_chat_request(sampling, structured, expected_extra):
     messages = [{"role": "user", "content": "hi"}]
     body = build_chat_request(messages, sampling, "m", structured_outputs=structured)
     assert body["model"] == "m" and body["messages"] is messages
-    assert (body["n"], body["temperature"], body["max_tokens"]) == (
+    assert (body["n"], body["temperature"], body["max_completion_tokens"]) == (
         sampling.n,
         sampling.temperature,
         sampling.max_tokens,
     )
+    assert body["max_tokens"] == sampling.max_tokens  # for servers that know only it (Ollama)
+    assert "top_p" not in body and "top_k" not in body  # the server's defaults stand
     assert ("seed" in body) == ("seed" in expected_extra)
     assert ("response_format" in body) == ("response_format" in expected_extra)
     assert "guided_json" not in body
@@ -243,13 +246,25 @@ def test_happy_path_n3_images_and_schema(server):
         assert decode_data_url(url).size == shared.size
 
 
-def test_model_discovered_from_models_and_bare_url(server):
-    vlm = OpenAIServerVLM(f"http://127.0.0.1:{server.port}", **FAST)  # no /v1
-    assert vlm.model is None
-    assert len(vlm.generate([conversation(photo())], Sampling(n=1))[0]) == 1
-    assert vlm.model == "test-vlm" and vlm.name == "test-vlm"
-    assert server.chat_requests[0].body["model"] == "test-vlm"
-    assert [r.path for r in server.requests][:1] == ["/v1/models"]
+def test_the_one_model_served_is_discovered_from_models_and_bare_url():
+    with OpenAICompatibleServer(models=["test-vlm"]) as server:
+        vlm = OpenAIServerVLM(f"http://127.0.0.1:{server.port}", **FAST)  # no /v1
+        assert vlm.model is None
+        assert len(vlm.generate([conversation(photo())], Sampling(n=1))[0]) == 1
+        assert vlm.model == "test-vlm" and vlm.name == "test-vlm"
+        assert server.chat_requests[0].body["model"] == "test-vlm"
+        assert [r.path for r in server.requests][:1] == ["/v1/models"]
+
+
+def test_a_server_of_several_models_with_none_named_is_refused_with_the_list(server):
+    """transformers serve lists every cached model, text ones too: never guess the first."""
+    vlm = OpenAIServerVLM(server.url, **FAST)
+    with pytest.raises(VLMError) as info:
+        vlm.generate([conversation(photo())], Sampling(n=1))
+    message = str(info.value)
+    assert "serves 2 models (test-vlm, other-vlm)" in message and "--model NAME" in message
+    assert info.value.stops_batch and "\n" not in message
+    assert server.chat_requests == []  # nothing sent to a guessed model
 
 
 def test_load_vlm_builds_server_backend(server):
@@ -530,3 +545,81 @@ def test_fake_server_stops_cleanly_while_a_reply_waits():
     assert isinstance(outcome[0], httpx.RemoteProtocolError)  # cut short, no reply
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/models", timeout=1)
+
+
+# --------------------------------------------------------------------------- a peer, not a guess
+
+
+def llama_cpp(request):
+    """llama.cpp's server: a request for more than one choice is an HTTP 500."""
+    if request.get("n", 1) != 1:
+        raise RequestError(500, "Only one completion choice is allowed")
+    return default_responder(request)
+
+
+def test_a_server_that_refuses_n_is_asked_one_reply_a_request(caplog):
+    """llama.cpp answers n=2 with HTTP 500 "Only one completion choice is allowed"."""
+    with OpenAICompatibleServer(models=["m"], responder=llama_cpp) as server:
+        vlm = OpenAIServerVLM(server.url, **FAST)
+        with caplog.at_level(logging.WARNING, logger="cropper.vlm.openai_server"):
+            first = vlm.generate([conversation(photo())], Sampling(n=3, seed=5))
+            second = vlm.generate([conversation(photo())], Sampling(n=2, seed=9))
+        ns = [r.body["n"] for r in server.chat_requests]
+        seeds = [r.body["seed"] for r in server.chat_requests]
+    assert len(first[0]) == 3 and len(second[0]) == 2
+    # Two tries with n=3 (the same 500 twice is no load), then one reply a request, for good.
+    assert ns == [3, 3, 1, 1, 1, 1, 1]
+    assert seeds == [5, 5, 5, 6, 7, 9, 10]
+    assert sum("refused n=3" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_one_request_that_fails_fails_its_conversation_alone(server):
+    vlm = OpenAIServerVLM(server.url, model="test-vlm", **FAST)
+    server.add_faults(Fault(), Fault(status=400, message="image too large"), Fault())
+    answers = vlm.generate_each(
+        [conversation(photo(c)) for c in ("red", "green", "blue")], Sampling(n=1)
+    )
+    kinds = [type(a).__name__ for a in answers]
+    assert sorted(kinds) == ["VLMError", "list", "list"]  # which one: the order of arrival
+    error = next(a for a in answers if isinstance(a, VLMError))
+    assert "image too large" in str(error) and not error.stops_batch
+
+
+def test_every_request_in_flight_failing_stops_the_batch(server):
+    vlm = OpenAIServerVLM(server.url, model="test-vlm", max_retries=0, **FAST)
+    server.add_faults(*[Fault(status=503, message="overloaded")] * 3)
+    with pytest.raises(VLMError) as info:
+        vlm.generate_each([conversation(photo(c)) for c in ("red", "green", "blue")], Sampling())
+    assert info.value.stops_batch and "all 3 requests in flight failed" in str(info.value)
+
+
+def test_a_timeout_after_its_retries_fails_its_photo_not_the_batch():
+    """One slow request is that photo's failure; the others in the batch are cropped."""
+    from cropper import Cropper
+
+    def slow_for_green(request):
+        urls = [
+            part["image_url"]["url"]
+            for message in request["messages"]
+            if isinstance(message["content"], list)
+            for part in message["content"]
+            if part["type"] == "image_url"
+        ]
+        if decode_data_url(urls[0]).convert("RGB").getpixel((0, 0))[1] > 100:  # the green one
+            time.sleep(1.0)
+        return default_responder(request)
+
+    with OpenAICompatibleServer(models=["m"], responder=slow_for_green) as server:
+        cropper = Cropper(
+            vlm=server.url,
+            clip=None,
+            head=None,
+            index=None,
+            vlm_options={"timeout": 0.4, "max_retries": 1},
+        )
+        results = cropper.crop_batch(
+            [photo(c, (64, 48)) for c in ("red", "green", "blue")], refine_rounds=0
+        )
+    assert [type(r).__name__ for r in results] == ["CropResult", "VLMError", "CropResult"]
+    assert "within 0.4 s" in str(results[1]) and not results[1].stops_batch
+

@@ -93,9 +93,10 @@ def retry_log(caplog):
 def test_a_transient_status_is_retried_waiting_as_told(
     server, retry_log, status, retry_after, faults, low, high
 ):
-    for _ in range(faults):
+    for i in range(faults):
         told = retry_after() if callable(retry_after) else retry_after
-        server.add_faults(Fault(status=status, retry_after=told))
+        # Each a message of its own: an HTTP 500 that repeats its message is not load.
+        server.add_faults(Fault(status=status, retry_after=told, message=f"busy ({i})"))
     assert_valid(ask(server.url, max_retries=3))
     assert len(server.chat_requests) == faults + 1 and server.pending_faults == 0
     logged = waits(retry_log)
@@ -132,8 +133,6 @@ def test_a_broken_reply_is_retried(server, retry_log, fault, options):
     [
         (Fault(status=429, retry_after=0, message="slow down"), {},
          "HTTP 429: slow down", "lower concurrency (--concurrency)"),
-        (Fault(status=500, message="boom"), {},
-         "HTTP 500: boom", "check its log"),
         (Fault(status=503, retry_after=0, message="loading"), {},
          "HTTP 503: loading", "try again later"),
         (Fault(status=502, body="<html>\n<h1>Bad Gateway</h1></html>", content_type="text/html"),
@@ -145,7 +144,7 @@ def test_a_broken_reply_is_retried(server, retry_log, fault, options):
         (Fault(hang=True), {"timeout": 0.3},
          "did not answer /chat/completions within 0.3 s", "raise timeout="),
     ],
-    ids=["429", "500", "503", "502-html", "truncated", "dropped", "hang"],
+    ids=["429", "503", "502-html", "truncated", "dropped", "hang"],
 )  # fmt: skip
 def test_the_same_fault_forever_is_one_clear_line_after_max_retries_plus_one(
     server, fault, options, what, to_do
@@ -157,7 +156,24 @@ def test_the_same_fault_forever_is_one_clear_line_after_max_retries_plus_one(
     assert len(server.chat_requests) == 3  # max_retries + 1
     assert "\n" not in message and server.url in message
     assert what in message and "(gave up after 3 attempts)" in message and to_do in message
-    assert info.value.retryable  # a batch stops: every photo would fail the same way
+    assert info.value.retryable  # it may pass: only this request failed, not every photo's
+
+
+def test_the_same_http_500_twice_is_the_servers_answer_not_load(server):
+    """A 500 with the same message again fails the same way every time: no more retries.
+
+    With n > 1 the backend then asks once with n = 1 (a server may refuse n), which fails
+    the same way: two requests each.
+    """
+    server.add_faults(*[Fault(status=500, message="boom")] * 6)
+    with pytest.raises(VLMError) as info:
+        ask(server.url, max_retries=4)
+    message = str(info.value)
+    assert len(server.chat_requests) == 4  # 2 with n = 2, then 2 with n = 1; not 5 + 5
+    assert [r.body["n"] for r in server.chat_requests] == [2, 2, 1, 1]
+    assert "HTTP 500: boom" in message and "the same error on 2 attempts" in message
+    assert "not retried as load" in message and "\n" not in message
+    assert not info.value.retryable and not info.value.stops_batch
 
 
 def test_no_retries_means_one_attempt(server):
