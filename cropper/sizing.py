@@ -19,10 +19,12 @@ from PIL import Image
 
 from cropper.boxes import Size
 from cropper.errors import ConfigError, ImageError
-from cropper.images import fit_within
 
 #: smart_resize refuses photos longer than this many times their width (or the reverse).
 MAX_ASPECT = 200
+#: Photos are sent at most this many times longer than wide: a longer strip is stretched
+#: across to it, well within what Qwen-VL's processor (and others') accept.
+MAX_SENT_ASPECT = 100
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,26 @@ def model_size(
     return w_bar, h_bar
 
 
+def within_aspect(size: Size, limit: int = MAX_SENT_ASPECT) -> Size:
+    """``size`` with its shorter side stretched so the photo is at most ``limit`` times longer.
+
+    Boxes are relative to the photo's sides, so a reply about the stretched photo maps
+    back to the original exactly; only the model's view of the strip is distorted.
+    """
+    w, h = size
+    if max(w, h) <= limit * min(w, h):
+        return w, h
+    short = math.ceil(max(w, h) / limit)
+    return (w, short) if w > h else (short, h)
+
+
 def sent_size(size: Size, budget: PixelBudget | None, max_side: int | None = None) -> Size:
     """The ``(w, h)`` :func:`fit_to_budget` gives a photo of ``size``, without the pixels."""
     w, h = size
     if max_side is not None and max(w, h) > max_side:
         scale = max_side / max(w, h)  # the same rounding as cropper.images.fit_within
         w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    w, h = within_aspect((w, h))  # after the fit, whose rounding would undo it
     return (w, h) if budget is None else budget.size((w, h))
 
 
@@ -114,10 +130,10 @@ def fit_to_budget(
     :func:`cropper.images.fit_within` does, then snapped to the budget: each side a
     multiple of ``budget.factor`` (so the longer side may end up to ``factor / 2``
     past ``max_side``), its pixels within the budget. ``budget=None`` is the plain fit.
+    A strip longer than :data:`MAX_SENT_ASPECT` times its width is stretched across to
+    that (:func:`within_aspect`), so that any photo or crop can be sent.
     """
-    if budget is None:
-        return fit_within(image, max_side) if max_side is not None else image
-    target = sent_size(image.size, budget, max_side)
+    target = sent_size(image.size, budget, max_side)  # one resize for all of it
     if target == image.size:
         return image
     return image.resize(target, Image.Resampling.BICUBIC)

@@ -37,6 +37,12 @@ def gaicd_photo(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_gaicd_photos() -> list[Path]:
+    """The real GAICD photos of ../shared/data, or none: for tests that run either way."""
+    return sorted((SHARED_DATA / "gaicd" / "official_layout" / "images").rglob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen25_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2.5-VL checkpoint folder (model, tokenizer, processor)."""
     from cropper.testing.tiny_vlm import build_tiny_qwen_vl

@@ -11,6 +11,8 @@ from cropper.boxes import Box
 from cropper.errors import ConfigError, ImageError
 from cropper.parsing import parse_reply
 from cropper.sizing import (
+    MAX_ASPECT,
+    MAX_SENT_ASPECT,
     QWEN2_5_VL,
     QWEN3_VL,
     PixelBudget,
@@ -180,6 +182,17 @@ def test_a_budget_checks_its_bounds():
         PixelBudget(28, 5000, 4000)
 
 
-def test_a_photo_too_long_for_the_model_is_refused_in_one_line():
+def test_model_size_refuses_a_photo_too_long_for_the_model_in_one_line():
     with pytest.raises(ImageError, match="longer than wide"):
-        fit_to_budget(Image.new("RGB", (5000, 20)), QWEN2_5_VL)
+        model_size((5000, 20))
+
+
+@pytest.mark.parametrize("size", [(5000, 20), (1, 2000), (2000, 1), (30000, 10), (3, 3)])
+@pytest.mark.parametrize("budget", [None, QWEN2_5_VL, QWEN3_VL])
+def test_a_strip_is_stretched_across_so_the_model_accepts_it(size, budget):
+    sent = fit_to_budget(Image.new("RGB", size), budget, 1024)
+    w, h = sent.size
+    assert max(w, h) <= MAX_SENT_ASPECT * min(w, h) * 1.1  # rounding to the factor aside
+    assert max(w, h) / min(w, h) < MAX_ASPECT  # what Qwen-VL's processor accepts
+    # The stretch is across the strip only: its long side stays the long side.
+    assert (w >= h) == (size[0] >= size[1]) or size[0] == size[1]

@@ -376,3 +376,41 @@ def test_constrained_batch_on_cuda_in_bfloat16(tiny_qwen3_vl):
     for reply in (r for per_conversation in replies for r in per_conversation):
         _assert_boxes_json(reply, max_boxes=6)
     vlm.close()
+
+
+@pytest.mark.slow
+def test_a_mixed_batch_in_process_crops_every_photo(tiny_qwen3_vl, real_gaicd_photos):
+    """One strip used to fail every photo of its generate call: now none fails at all."""
+    from cropper import Cropper
+    from cropper.constraints import Constraints
+    from cropper.testing.synthetic import synthetic_photo
+
+    odd = {
+        "1x2000": Image.new("RGB", (1, 2000), (200, 30, 30)),
+        "2000x1": Image.new("RGB", (2000, 1), (30, 200, 30)),
+        "3x3": Image.new("RGB", (3, 3), (30, 30, 200)),
+        "30000x10": Image.new("RGB", (30000, 10), (120, 120, 30)),
+    }
+    ordinary = {f"synthetic-{i}": synthetic_photo(i, size=(320, 240)) for i in range(2)}
+    real = {p.name: load_image(p) for p in real_gaicd_photos}
+    photos = {**odd, **ordinary, **real}
+    cropper = Cropper(
+        vlm=str(tiny_qwen3_vl),
+        clip=None,
+        head=None,
+        index=None,
+        refine_rounds=1,
+        crops=2,
+        max_tokens=160,
+        query_side=448,
+        candidate_side=112,
+        seed=0,
+    )
+    with cropper:
+        results = cropper.crop_batch(list(photos.values()), concurrency=len(photos))
+    for name, result in zip(photos, results, strict=True):
+        assert not isinstance(result, Exception), f"{name}: {result}"
+        for c in result.candidates:
+            assert Constraints(result.size).check(c.box) == "", (name, c)
+    stretched = {n for n, r in zip(photos, results, strict=True) if "stretched" in str(r.notes)}
+    assert stretched == {"1x2000", "2000x1", "30000x10"}
