@@ -98,8 +98,10 @@ class PromptSet:
             values = b.to_coords(coords, size or size_of_query)
             return ", ".join(_number(v) for v in values)
 
-        def point(p: tuple[float, float]) -> str:
-            return ", ".join(_number(v) for v in point_to_coords(p, coords, size_of_query))
+        def point(p: tuple[float, float], size: Size | None = None) -> str:
+            # Like box(): an exemplar's point is written in its own photo's frame.
+            values = point_to_coords(p, coords, size or size_of_query)
+            return ", ".join(_number(v) for v in values)
 
         try:
             text = self._env.get_template(name).render(

@@ -83,6 +83,26 @@ def test_subject_prompt_carries_point_box_and_phrase():
     assert "((400, 500), 100, 200, 700, 900)" in text
 
 
+@pytest.mark.parametrize(
+    ("coords", "first", "second"),
+    [
+        # The 400x300 exemplar, then the 300x400 one: (0.4, 0.5) and its crop in each frame.
+        ("norm1000", "((400, 500), 100, 200, 700, 900)", "((400, 500), 100, 200, 700, 900)"),
+        ("rel1000", "((400, 500), 100, 200, 700, 900)", "((400, 500), 100, 200, 700, 900)"),
+        ("norm1", "((0.4, 0.5), 0.1, 0.2, 0.7, 0.9)", "((0.4, 0.5), 0.1, 0.2, 0.7, 0.9)"),
+        ("pixel", "((160, 150), 40, 60, 280, 270)", "((120, 200), 30, 80, 210, 360)"),
+    ],
+)
+def test_a_subject_exemplars_point_is_written_in_its_own_photos_frame(coords, first, second):
+    text = PromptSet().render("subject", "propose", coords=coords, **variables("subject"))[1].text
+    assert first in text and second in text
+    # Each exemplar's subject lies inside its own crop, in every convention.
+    for written in (first, second):
+        numbers = [float(v) for v in written.replace("(", "").replace(")", "").split(",")]
+        x, y, x0, y0, x1, y1 = numbers
+        assert x0 <= x <= x1 and y0 <= y <= y1
+
+
 def test_ground_prompt_names_the_phrase():
     conv = PromptSet().render(
         "subject", "ground", coords="norm1000", **variables("subject", "ground")
