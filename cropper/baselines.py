@@ -22,6 +22,7 @@ from PIL import Image
 
 from cropper import components
 from cropper.boxes import Box, fit_aspect
+from cropper.constraints import DEFAULT_MIN_SIDE, Constraints
 from cropper.errors import ConfigError
 from cropper.grid import (
     SCALES,
@@ -69,14 +70,39 @@ class Baseline:
         subject: Any = None,
         ratio: Any = None,
         allow_urls: bool = False,
+        min_side: float = DEFAULT_MIN_SIDE,
     ) -> CropResult:
-        """Crop one photo; the arguments and their errors are those of ``Cropper.crop``."""
+        """Crop one photo; the arguments and their errors are those of ``Cropper.crop``.
+
+        Candidates that break the request (sides under ``min_side`` of the photo's, a
+        subject left out) are left out; when none is left, the best one is repaired.
+        """
         task, ratio_ = check_request(task, subject=subject, ratio=ratio)
         photo = load_image(image, allow_urls=allow_urls)
         subject_ = _subject(subject, photo) if task == "subject" else None
+        constraints = Constraints(
+            photo.size, min_side, subject_, ratio_.value if ratio_ else None
+        )
         ranked = self.rank(photo, task, subject_, ratio_)
+        notes = list(self.notes(task))
+        valid = [r for r in ranked if not constraints.check(r[0])]
+        if valid:
+            repairs = [""] * len(valid)
+            if len(valid) < len(ranked):
+                n = len(ranked) - len(valid)
+                notes.append(f"{n} candidate{'s' * (n > 1)} under min_side or without the subject")
+        else:
+            # Every candidate breaks the request (no candidate of a strip is wide enough):
+            # the best one, repaired, stands alone, scored as the baseline scores.
+            fixed = constraints.repair(max(ranked, key=lambda r: r[1])[0])
+            valid = self.rank_boxes(photo, task, [fixed.box])
+            repairs = [fixed.change]
+            notes.append(f"no candidate satisfied the request: the best was {fixed.change}")
         candidates = sorted(
-            (Candidate(box, float(score), terms, 0, self.name) for box, score, terms in ranked),
+            (
+                Candidate(box, float(score), terms, 0, self.name, repair)
+                for (box, score, terms), repair in zip(valid, repairs, strict=True)
+            ),
             key=lambda c: -c.score,
         )
         best = candidates[0]
@@ -90,6 +116,7 @@ class Baseline:
             subject=subject_,
             ratio=ratio_,
             source=str(image) if isinstance(image, (str, os.PathLike)) else None,
+            notes=tuple(notes),
         )
 
     def rank(
@@ -97,6 +124,14 @@ class Baseline:
     ) -> Ranked:
         """``(box, score, terms)`` for each candidate of ``photo``, in any order."""
         raise NotImplementedError
+
+    def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
+        """``(box, score, terms)`` for given boxes: by area, unless a baseline knows better."""
+        return [(b, b.area, {"area": b.area}) for b in boxes]
+
+    def notes(self, task: str) -> tuple[str, ...]:
+        """What a user should know about how this baseline ranks ``task``'s crops."""
+        return ()
 
     def close(self) -> None:
         """Nothing to release; here so a baseline stands in for a ``Cropper``."""
@@ -175,6 +210,9 @@ class SaliencyCrop(Baseline):
             )
             if subject is not None:
                 boxes = _holding(boxes, subject)
+        return self.rank_boxes(photo, task, boxes)
+
+    def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
         kept = saliency_share(saliency_map(photo), boxes)
         cut = 1.0 - np.array([b.area for b in boxes])
         scores = (kept + self.cut_weight * cut) / (1.0 + self.cut_weight)
@@ -195,18 +233,27 @@ class HeadGridCrop(Baseline):
     name = "head"
 
     def __init__(self, scorer: Scorer):
-        self.scorer = Scorer(scorer.embedder, scorer.head, weights=HEAD_WEIGHTS)
-        if scorer.embedder is None or scorer.head is None:
+        # Without a head the aesthetic weight goes to the knowledge or content term (see
+        # cropper.scoring); without an embedder, to area alone: crop by saliency instead.
+        self.scorer = Scorer(
+            scorer.embedder, scorer.head, weights=HEAD_WEIGHTS, knowledge=scorer.knowledge
+        )
+        if scorer.embedder is None:
             log.warning(
-                "head baseline without an %s: candidates are ranked by area alone, so the "
-                "largest wins; pass clip= and head=",
-                "embedder" if scorer.embedder is None else "aesthetic head",
+                "head baseline without an embedder: candidates are ranked by area alone, so "
+                "the largest wins; pass clip=, or crop by saliency"
             )
 
     @classmethod
     def build(cls, *, clip: Any = DEFAULT, head: Any = DEFAULT) -> HeadGridCrop:
+        from cropper.knowledge import KNOWLEDGE_DIR
+        from cropper.prompts import default_prompt_dir
+
         embedder = components.make_embedder(clip)
-        return cls(Scorer(embedder, components.make_head(head, embedder)))
+        head_ = components.make_head(head, embedder)
+        folder = default_prompt_dir() / KNOWLEDGE_DIR
+        knowledge = components.make_knowledge(embedder, folder, HEAD_WEIGHTS, head_)
+        return cls(Scorer(embedder, head_, knowledge=knowledge))
 
     def rank(self, photo, task, subject, ratio) -> Ranked:
         size = photo.size
@@ -219,8 +266,15 @@ class HeadGridCrop(Baseline):
             if subject is not None:
                 own = ratio_candidates(size, size[0] / size[1], steps=3)
                 boxes = _holding(boxes + own, subject)
+        return self.rank_boxes(photo, task, boxes)
+
+    def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
         scores = self.scorer.score(photo, boxes, task)
         return [(b, s.total, dict(s.terms)) for b, s in zip(boxes, scores, strict=True)]
+
+    def notes(self, task: str) -> tuple[str, ...]:
+        note = self.scorer.scoring_note(task)
+        return (note,) if note else ()
 
 
 #: The baselines by name, as ``cropper eval crop --baseline NAME`` takes them.

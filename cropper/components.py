@@ -131,3 +131,29 @@ def make_index(index: Any, embedder: Any) -> Any:
             f"index {index} needs a CLIP embedder to search it; do not pass clip=None"
         )
     return ExemplarIndex.load(index, embedder=embedder)
+
+
+def make_knowledge(embedder: Any, folder: Path, weights: dict, head: Any) -> Any:
+    """The knowledge term when some task weighs it, or to stand in for a missing head.
+
+    Without an aesthetic head the scorer gives the aesthetic weight to the knowledge term
+    (CLIP's sense of good composition), so it is built then too, when the embedder has a
+    text tower; otherwise ``None``. ``weights`` are the tasks' :class:`Weights`.
+    """
+    from cropper.knowledge import KnowledgeTerm
+    from cropper.scoring import TASK_WEIGHTS
+
+    if embedder is None:
+        return None
+    if any(w.knowledge > 0 for w in weights.values()):
+        return KnowledgeTerm.from_folder(embedder, folder)
+    wants_aesthetic = any(w.aesthetic > 0 for w in {**TASK_WEIGHTS, **weights}.values())
+    if head is not None or not wants_aesthetic:
+        return None
+    if not callable(getattr(embedder, "embed_text", None)):
+        return None
+    try:
+        return KnowledgeTerm.from_folder(embedder, folder)
+    except CropperError as exc:
+        log.info("no knowledge term to stand in for the aesthetic head: %s", exc)
+        return None

@@ -147,43 +147,57 @@ class Scorer:
             logger.warning(message, *args)
 
     def active_weights(self, task: str) -> dict[str, float]:
-        """The weighted terms this scorer can compute for ``task`` (area as the last resort)."""
+        """The weighted terms this scorer can compute for ``task`` (area as the last resort).
+
+        Without an aesthetic head, the aesthetic weight goes to the knowledge term (CLIP's
+        sense of good composition) when there is one, else to the content term, so that the
+        crops are not ranked by area alone. Each change is logged once.
+        """
+        weights, reasons = self._resolve(task)
+        for reason in reasons:
+            self._note_once(reason, "%s", reason)
+        return weights
+
+    def scoring_note(self, task: str) -> str | None:
+        """In words, which terms score ``task``'s crops when they are not the ones asked for."""
+        weights, reasons = self._resolve(task)
+        if not reasons:
+            return None
+        return f"scored with {', '.join(sorted(weights))}: {'; '.join(reasons)}"
+
+    def _resolve(self, task: str) -> tuple[dict[str, float], list[str]]:
         if task not in self.weights:
             raise ConfigError(
                 f"no score weights for task {task!r}: use one of {sorted(self.weights)}"
             )
         wanted = {t: float(getattr(self.weights[task], t)) for t in TERMS}
         wanted = {t: w for t, w in wanted.items() if w > 0}
+        reasons: list[str] = []
         if self.embedder is None and (set(_EMBEDDED) & set(wanted)):
-            self._note_once(
-                "embedder",
-                "no embedder: scoring with area only (aesthetic, content and knowledge need "
-                "image embeddings; pass an embedder to Scorer)",
+            reasons.append(
+                "no embedder, so no aesthetic, content or knowledge term (they need image "
+                "embeddings; pass clip=)"
             )
             for term in _EMBEDDED:
                 wanted.pop(term, None)
         if self.head is None and "aesthetic" in wanted:
-            self._note_once(
-                "head",
-                "no aesthetic head: scoring without the aesthetic term (pass head=..., e.g. "
-                "cropper.head.DEFAULT_HEAD)",
+            weight = wanted.pop("aesthetic")
+            stand_in = "knowledge" if self.knowledge is not None else "content"
+            wanted[stand_in] = wanted.get(stand_in, 0.0) + weight
+            name = getattr(self.embedder, "name", None)
+            reasons.append(
+                f"no aesthetic head for embedder {name!r}, so its weight goes to the "
+                f"{stand_in} term (pass head= a head trained on {name!r} embeddings)"
             )
-            wanted.pop("aesthetic")
         if self.knowledge is None and "knowledge" in wanted:
-            self._note_once(
-                "knowledge",
-                "no knowledge prompts: scoring without the knowledge term (pass "
-                "knowledge=KnowledgeTerm(...))",
+            reasons.append(
+                "no knowledge prompts, so no knowledge term (the embedder needs a text tower)"
             )
             wanted.pop("knowledge")
         if not wanted:
-            self._note_once(
-                f"fallback:{task}",
-                "no usable weighted score term for task %r: scoring with area only",
-                task,
-            )
+            reasons.append(f"no usable weighted score term for task {task!r}: area only")
             wanted = {"area": 1.0}
-        return wanted
+        return wanted, reasons
 
     def score(
         self,

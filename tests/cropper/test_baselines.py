@@ -215,4 +215,6 @@ def test_registry_and_factory(tiny_clip):
     assert isinstance(head, HeadGridCrop) and head.scorer.embedder.dim == 32
     with head:
         result = head.crop(Image.new("RGB", (320, 240), (10, 200, 30)))
-    assert set(result.candidates[0].terms) == {"area"}  # no head: area alone
+    # No head: the knowledge term (CLIP's sense of good composition) stands in, not area.
+    assert set(result.candidates[0].terms) == {"knowledge"}
+    assert "goes to the knowledge term" in result.notes[0]

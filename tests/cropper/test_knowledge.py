@@ -154,10 +154,15 @@ def test_the_cropper_scores_with_the_prompt_folders_knowledge(tmp_path):
     result = cropper.crop(red_blue_photo(), task="free")
     assert result.box == LEFT  # the warm (red) half
     assert all(set(c.terms) == {"knowledge"} for c in result.candidates)
-    # Other tasks keep the paper's weights, and no knowledge term is built without a weight.
+    # Other tasks keep the paper's weights, and no knowledge term is built without a weight
+    # (unless it stands in for a missing aesthetic head).
     assert cropper.scorer.active_weights("aspect") == {"content": 1.0}
-    plain = Cropper(vlm=vlm, clip=ToyClip(), head=None, index=None)
+    from cropper.head import random_head
+
+    plain = Cropper(vlm=vlm, clip=ToyClip(), head=random_head(3), index=None)
     assert plain.scorer.knowledge is None
+    headless = Cropper(vlm=vlm, clip=ToyClip(), head=None, index=None, prompts=prompts)
+    assert headless.scorer.active_weights("free") == {"area": 1.0, "knowledge": 1.0}
 
 
 @pytest.mark.parametrize(

@@ -150,17 +150,37 @@ def test_area_only_tasks_and_no_boxes_embed_nothing():
     assert embedder.calls == []
 
 
-def test_missing_head_logs_once_and_scores_stay_valid(caplog: pytest.LogCaptureFixture):
+def test_missing_head_gives_its_weight_to_content_logs_once_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+):
     embedder = ToyEmbedder()
     scorer = Scorer(embedder)
     with caplog.at_level(logging.WARNING, logger="cropper.scoring"):
         first = scorer.score(red_blue_photo(), [LEFT, WHOLE], "free")
         second = scorer.score(red_blue_photo(), [RIGHT], "subject")
     notes = [r.getMessage() for r in caplog.records if "no aesthetic head" in r.getMessage()]
-    assert len(notes) == 1 and "without the aesthetic term" in notes[0]
-    assert [s.terms for s in first] == [{"area": 0.5}, {"area": 1.0}]
-    assert [s.total for s in first + second] == pytest.approx([0.5, 1.0, 0.5])
-    assert embedder.calls == []  # area alone needs no embeddings
+    assert len(notes) == 1 and "goes to the content term" in notes[0]
+    assert all(set(s.terms) == {"area", "content"} for s in first + second)
+    assert first[1].terms["content"] == pytest.approx(1.0, abs=1e-6)  # the whole photo itself
+    assert scorer.scoring_note("free").startswith("scored with area, content: no aesthetic head")
+    assert scorer.scoring_note("aspect") is None  # content alone, as asked
+
+
+def test_missing_head_gives_its_weight_to_knowledge_when_there_is_one():
+    from cropper.knowledge import KnowledgePrompts, KnowledgeTerm
+
+    class WarmClip(ToyEmbedder):
+        def embed_text(self, texts):
+            return np.array([[1.0, 0, 0, 0.2] if "warm" in t else [0, 0, 1.0, 0.2] for t in texts])
+
+    knowledge = KnowledgeTerm(WarmClip(), KnowledgePrompts(good=("warm",), bad=("cold",)))
+    scorer = Scorer(WarmClip(), knowledge=knowledge)
+    mostly_red = Box(0.0, 0.0, 0.6, 1.0)
+    red, blue, whole = scorer.score(red_blue_photo(), [mostly_red, RIGHT, WHOLE], "free")
+    assert set(red.terms) == {"area", "knowledge"}
+    # Not area alone: a mostly red crop beats the whole photo, which is larger.
+    assert red.total > whole.total > blue.total
+    assert "goes to the knowledge term" in scorer.scoring_note("free")
 
 
 def test_missing_embedder_falls_back_to_area_once(caplog: pytest.LogCaptureFixture):
@@ -171,7 +191,7 @@ def test_missing_embedder_falls_back_to_area_once(caplog: pytest.LogCaptureFixtu
             (aspect,) = scorer.score(red_blue_photo(), [LEFT], "aspect")
     messages = [r.getMessage() for r in caplog.records]
     assert sum("no embedder" in m for m in messages) == 1
-    assert sum("scoring with area only" in m and "'aspect'" in m for m in messages) == 1
+    assert sum("area only" in m and "'aspect'" in m for m in messages) == 1
     assert free == aspect == Score(total=0.5, terms={"area": 0.5})
 
 
