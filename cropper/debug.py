@@ -12,6 +12,10 @@ Layout of ``write_debug(result, "debug/photo")``::
         overlay.png                      this round's candidates
     debug/photo/images/<hash>.png        each image a prompt carried, once
 
+A photo that failed gets the same folder without the crop and overlays: ``trace.json``
+holds the error, and the rounds it got through (the failed one last) their prompts and
+replies.
+
 Images are named by a hash of their pixels, so an exemplar shown in every round (or, with
 ``images=`` a shared folder, to every photo of a batch) is written once. Nothing here holds
 credentials: a result never carries the backend's API key.
@@ -31,19 +35,27 @@ from cropper.fileio import save_image, write_text
 from cropper.messages import Conversation, ImagePart, TextPart
 
 if TYPE_CHECKING:
-    from cropper.result import Candidate, CropResult, Round
+    from cropper.result import Candidate, CropResult, PartialCrop, Round
 
 
 def write_debug(
-    result: CropResult, folder: str | os.PathLike, *, images: str | os.PathLike | None = None
+    result: CropResult | PartialCrop,
+    folder: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``result``'s debug folder (layout above) and return it.
 
     ``images`` is where prompt images go (default ``folder/images``); a batch passes one
-    shared folder so exemplars common to many photos are saved once.
+    shared folder so exemplars common to many photos are saved once. ``result`` may be
+    the :class:`~cropper.result.PartialCrop` of a photo that failed.
     """
+    from cropper.result import PartialCrop
+
     folder = Path(folder)
     image_dir = Path(images) if images is not None else folder / "images"
+    if isinstance(result, PartialCrop):
+        return _write_partial(result, folder, image_dir)
     size = result.size
     save_image(result.draw(), folder / "overlay.png")
     save_image(result.image, folder / "crop.jpg")
@@ -63,6 +75,27 @@ def write_debug(
         "box": list(result.pixels),
         "box_normalized": _rounded(result.box.as_array()),
         "score": result.score,
+        "fallback": result.fallback,
+        "notes": list(result.notes),
+        "rounds": rounds,
+    }
+    write_text(folder / "trace.json", json.dumps(trace, indent=1) + "\n")
+    return folder
+
+
+def _write_partial(partial: PartialCrop, folder: Path, image_dir: Path) -> Path:
+    size = partial.photo.size if partial.photo is not None else None
+    rounds = []
+    for r in partial.rounds:
+        where = folder / f"round-{r.index}-{r.stage}"
+        _write_prompt(r.prompt, where, image_dir)
+        write_text(where / "replies.json", json.dumps(list(r.replies), indent=1) + "\n")
+        rounds.append(_round_json(r, size, where.name))
+    trace = {
+        "image": partial.source,
+        "task": partial.task,
+        "size": list(size) if size else None,
+        "error": partial.error,
         "rounds": rounds,
     }
     write_text(folder / "trace.json", json.dumps(trace, indent=1) + "\n")
@@ -102,23 +135,25 @@ def _save_once(image: Image.Image, image_dir: Path) -> Path:
     return path
 
 
-def _round_json(r: Round, size: tuple[int, int], folder: str) -> dict[str, Any]:
+def _round_json(r: Round, size: tuple[int, int] | None, folder: str) -> dict[str, Any]:
     return {
         "index": r.index,
         "stage": r.stage,
         "folder": folder,
         "notes": list(r.notes),
+        "dropped": list(r.dropped),
         "candidates": [_candidate_json(c, size) for c in r.candidates],
     }
 
 
-def _candidate_json(c: Candidate, size: tuple[int, int]) -> dict[str, Any]:
+def _candidate_json(c: Candidate, size: tuple[int, int] | None) -> dict[str, Any]:
     return {
-        "box": list(c.box.to_pixels(size)),
+        "box": list(c.box.to_pixels(size)) if size else None,
         "box_normalized": _rounded(c.box.as_array()),
         "score": c.score,
         "terms": c.terms,
         "source": c.source,
+        "repair": c.repair,
     }
 
 

@@ -67,8 +67,13 @@ def _summary(result: CropResult) -> str:
         where = f"({s.point[0]:.2f}, {s.point[1]:.2f})"
         facts.append(("subject", f"{s.text} at {where}" if s.text else where))
     facts.append(("candidates", f"{len(result.candidates)} in {len(result.rounds)} rounds"))
+    if result.fallback:
+        facts.append(("fell back to", result.fallback))
     body = "".join(f"<tr><th style='{_CELL}'>{k}</th><td>{_esc(v)}</td></tr>" for k, v in facts)
-    return f"<table>{body}</table>"
+    # The rounds show their own notes: here, the result's own (scoring, the choice, ...).
+    own = [n for n in result.notes if not n.startswith("round ")]
+    notes = "".join(f"<li>{_esc(n)}</li>" for n in own)
+    return f"<table>{body}</table>" + (f"<ul>{notes}</ul>" if notes else "")
 
 
 def _round_row(result: CropResult, r: Round) -> str:
@@ -105,9 +110,10 @@ def _candidate_rows(result: CropResult, numbered: list[tuple[int, Candidate]]) -
 def _candidate_row(i: int, c: Candidate, size: tuple[int, int], *, chosen: bool) -> str:
     terms = ", ".join(f"{k} {v:.2f}" for k, v in c.terms.items())
     mark = " <span title='the chosen crop'>&#9733;</span>" if chosen else ""
+    source = f"{c.source}, {c.repair}" if c.repair else c.source
     return (
         f"<tr><td>{i}{mark}</td><td>{_pixels(c.box.to_pixels(size))}</td>"
-        f"<td>{c.score:.3f}</td><td>{_esc(terms)}</td><td>{_esc(c.source)}</td></tr>"
+        f"<td>{c.score:.3f}</td><td>{_esc(terms)}</td><td>{_esc(source)}</td></tr>"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,31 +29,32 @@ from cropper.batching import (
     drive_one,
     pipelined,
 )
-from cropper.boxes import Box, dedupe, fit_aspect
+from cropper.boxes import Box, fit_aspect
 from cropper.composition import (
     Composition,
     composition_schema,
     load_compositions,
     parse_composition,
 )
+from cropper.constraints import DEFAULT_MIN_SIDE, Constraints, check_min_side
 from cropper.diversity import diverse_top
 from cropper.errors import ConfigError, CropperError
 from cropper.exemplars import ExemplarSource, PromptExemplar
 from cropper.fetch import is_url, show_url
 from cropper.images import ImageInput, load_image
-from cropper.knowledge import KNOWLEDGE_DIR, KnowledgeTerm
+from cropper.knowledge import KNOWLEDGE_DIR
 from cropper.messages import Conversation
 from cropper.parsing import parse_boxes, parse_reply
 from cropper.prompts import PromptPhoto, PromptSet
-from cropper.result import Candidate, CropResult, Round
-from cropper.scoring import Scorer, Weights, weights_by_task
-from cropper.sizing import budget_from_spec, fit_to_budget
+from cropper.result import Candidate, CropResult, PartialCrop, Round
+from cropper.scoring import Scorer, weights_by_task
+from cropper.sizing import budget_from_spec, fit_to_budget, within_aspect
 from cropper.tasks import Ratio, Subject, check_request, subject_from_spec
 from cropper.vlm.base import VLM, Sampling
 from cropper.vlm.schema import boxes_schema, ground_schema
 
 if TYPE_CHECKING:
-    from cropper.baselines import HeadGridCrop
+    from cropper.baselines import Baseline
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,39 @@ class CropConfig:
     top_k: int = 1  # crops in result.top: the best of all rounds that overlap little
     diversity_iou: float = 0.5  # the most IoU two crops of result.top may share
     allow_urls: bool = False  # fetch photos given as http(s) URLs (size and time limited)
+    # Each side of every returned crop is at least this share of the photo's side; a
+    # proposal below it is grown (see cropper.constraints).
+    min_side: float = DEFAULT_MIN_SIDE
+    top_p: float | None = None  # nucleus sampling; None: the backend's default, not sent
+    # Sample from the k likeliest tokens (a request's "top_k"; ``top_k`` above is the number
+    # of diverse crops returned); None: not sent.
+    sampling_top_k: int | None = None
 
     def __post_init__(self) -> None:
         budget_from_spec(self.pixel_budget)  # a bad name fails here, not mid-batch
         diverse_top((), self.top_k, self.diversity_iou)  # so do a bad top_k and threshold
+        check_min_side(self.min_side)
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 2):
+            raise ConfigError(f"temperature must be between 0 and 2, got {self.temperature!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"samples must be a whole number >= 1, got {self.samples!r}")
+        if self.temperature == 0 and self.samples > 1:
+            raise ConfigError(
+                f"temperature=0 gives the same reply every time, so samples={self.samples} "
+                "would only repeat it: set temperature above 0, or samples=1"
+            )
+        if self.top_p is not None and not (
+            isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1
+        ):
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.sampling_top_k is not None and (
+            isinstance(self.sampling_top_k, bool)
+            or not isinstance(self.sampling_top_k, int)
+            or self.sampling_top_k < 1
+        ):
+            raise ConfigError(
+                f"sampling_top_k must be a whole number >= 1, got {self.sampling_top_k!r}"
+            )
 
     def replace(self, **changes: Any) -> CropConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -130,8 +161,10 @@ class Cropper:
             ``knowledge/good.txt`` and ``bad.txt`` (:mod:`cropper.knowledge`).
         config: a :class:`CropConfig`; ``**settings`` override its fields.
         api_key: for a server that needs one (else ``$CROPPER_API_KEY``).
+        model: the model a server serves to use; needed when it lists several.
         vlm_options: passed to the VLM backend, e.g. a server's ``timeout`` (seconds a
-            request may take, default 120) and ``max_retries`` (default 4).
+            request may take, default 120), ``max_retries`` (default 4) and
+            ``structured_outputs`` (False for servers without them).
     """
 
     def __init__(
@@ -146,6 +179,7 @@ class Cropper:
         api_key: str | None = None,
         score_weights: Any = None,
         vlm_options: dict[str, Any] | None = None,
+        model: str | None = None,
         **settings: Any,
     ):
         self.config = (config or CropConfig()).replace(**settings)
@@ -156,30 +190,34 @@ class Cropper:
         # Exemplars only feed the VLM's prompt: without a VLM the bank is left unloaded.
         self.index = components.make_index(index, self.embedder) if vlm is not None else None
         weights = weights_by_task(score_weights)
+        aesthetic_head = components.make_head(head, self.embedder)
         self.scorer = Scorer(
             self.embedder,
-            components.make_head(head, self.embedder),
+            aesthetic_head,
             weights=weights,
-            knowledge=self._knowledge(weights),
+            knowledge=components.make_knowledge(
+                self.embedder, self.prompts.folder / KNOWLEDGE_DIR, weights, aesthetic_head
+            ),
         )
-        self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key, options=vlm_options)
+        options = dict(vlm_options or {})
+        if model is not None:
+            options["model"] = model
+        self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key, options=options)
         self._exemplars = ExemplarSource(self.index) if self.index else None
         self._server = Server(self.vlm, self.embedder, self.scorer)
-        self._no_vlm: HeadGridCrop | None = None
+        self._no_vlm: Baseline | None = None
         self._compositions: list[Composition] | None = None  # read when first needed
         if self.vlm is None:
-            from cropper.baselines import HeadGridCrop
+            from cropper.baselines import HeadGridCrop, SaliencyCrop
 
-            self._no_vlm = HeadGridCrop(self.scorer)
-            log.info("no VLM: cropping with the aesthetic head over GAICD's grid candidates")
+            if self.embedder is None:
+                self._no_vlm = SaliencyCrop()
+                log.info("no VLM and no embedder: cropping by spectral-residual saliency")
+            else:
+                self._no_vlm = HeadGridCrop(self.scorer)
+                log.info("no VLM: cropping with the aesthetic head over GAICD's grid candidates")
         elif self.index is None:
             log.info("no exemplar index: cropping zero-shot (pass index= a bank folder)")
-
-    def _knowledge(self, weights: dict[str, Weights]) -> KnowledgeTerm | None:
-        """The knowledge term, built only when some task weighs it and there is an embedder."""
-        if self.embedder is None or not any(w.knowledge > 0 for w in weights.values()):
-            return None
-        return KnowledgeTerm.from_folder(self.embedder, self.prompts.folder / KNOWLEDGE_DIR)
 
     # -- the loop --------------------------------------------------------------
     def crop(
@@ -205,7 +243,12 @@ class Cropper:
         cfg = self.config.replace(**settings) if settings else self.config
         if self._no_vlm is not None:
             result = self._no_vlm.crop(
-                image, task, subject=subject, ratio=ratio, allow_urls=cfg.allow_urls
+                image,
+                task,
+                subject=subject,
+                ratio=ratio,
+                allow_urls=cfg.allow_urls,
+                min_side=cfg.min_side,
             )
             return _with_top(result, cfg)
         return drive_one(self._steps(image, task, subject, ratio, cfg), self._server)
@@ -292,7 +335,12 @@ class Cropper:
         for i in positions:
             try:
                 result = self._no_vlm.crop(
-                    images[i], task, subject=subject, ratio=ratio, allow_urls=cfg.allow_urls
+                    images[i],
+                    task,
+                    subject=subject,
+                    ratio=ratio,
+                    allow_urls=cfg.allow_urls,
+                    min_side=cfg.min_side,
                 )
                 yield i, _with_top(result, cfg)
             except CropperError as exc:
@@ -301,23 +349,67 @@ class Cropper:
     def _steps(
         self, image: ImageInput, task: str, subject: Any, ratio: Any, cfg: CropConfig
     ) -> Steps:
-        """One photo's loop; it yields what it needs from the models (see cropper.batching)."""
+        """One photo's loop; it yields what it needs from the models (see cropper.batching).
+
+        An error that ends it carries what was done so far as ``partial``, for debugging.
+        """
         task, ratio_ = check_request(task, subject=subject, ratio=ratio)
+        trace: list[Round] = []
+        loaded: list[Any] = []  # the photo, once loaded
+        try:
+            return (yield from self._crop_steps(image, task, subject, ratio_, cfg, trace, loaded))
+        except CropperError as exc:
+            exc.partial = PartialCrop(
+                _name(image) or None, task, loaded[0] if loaded else None, tuple(trace), str(exc)
+            )
+            raise
+
+    def _crop_steps(
+        self,
+        image: ImageInput,
+        task: str,
+        subject: Any,
+        ratio_: Ratio | None,
+        cfg: CropConfig,
+        trace: list[Round],
+        loaded: list[Any],
+    ) -> Steps:
         photo = load_image(image, allow_urls=cfg.allow_urls)
+        loaded.append(photo)
         budget = budget_from_spec(cfg.pixel_budget)
         query = PromptPhoto(fit_to_budget(photo, budget, cfg.query_side), key=_name(image))
-        trace: list[Round] = []
+        notes: list[str] = []  # the result's own, beside its rounds'
+        fallbacks: list[str] = []
+        if within_aspect(photo.size) != photo.size:
+            w, h = photo.size
+            notes.append(
+                f"the photo is {w}x{h}, too long and thin for a VLM's image processor: it was "
+                f"sent stretched across to {query.size[0]}x{query.size[1]} (boxes are relative, "
+                "so they map back exactly)"
+            )
 
         subject_ = None
         if task == "subject":
             subject_ = yield from self._find_subject(subject, photo, query, cfg, trace)
+            if subject_.source == "fallback":
+                fallbacks.append(
+                    "the photo's centre as the subject, as the VLM gave no subject box"
+                )
         composition = None
         if cfg.compose:
             composition = yield from self._choose_composition(
                 task, query, subject_, ratio_, cfg, trace
             )
+            if composition is None:
+                fallbacks.append("no composition rule, as the VLM named no known composition")
         embedding = yield from self._embed(photo, task)
         exemplars = self._retrieve(embedding, task, subject_, ratio_, cfg)
+        constraints = Constraints(
+            photo.size, cfg.min_side, subject_, ratio_.value if ratio_ else None
+        )
+        scoring = self.scorer.scoring_note(task)
+        if scoring:
+            notes.append(scoring)
 
         variables = dict(
             query=query,
@@ -329,8 +421,10 @@ class Cropper:
         )
         all_candidates: list[Candidate] = []
         feedback: list[Candidate] = []
+        fell_back: dict[int, str] = {}  # round index: what stood in for its boxes, and why
         for k in range(1 + cfg.refine_rounds):
             stage = "propose" if k == 0 else "refine"
+            index = len(trace)  # the round's place in the trace, after ground and compose
             prompt = self.prompts.render(
                 task,
                 stage,
@@ -338,26 +432,58 @@ class Cropper:
                 candidates=self._feedback(photo, feedback, cfg),
                 **variables,
             )
-            replies, boxes, notes = yield from self._propose(
-                prompt, query.size, photo.size, ratio_, cfg
-            )
-            source = "vlm"
+            try:
+                proposal = yield from self._propose(prompt, query.size, constraints, cfg)
+            except CropperError as exc:
+                trace.append(Round(index, stage, prompt, (), (), (f"failed: {exc}",)))
+                raise
+            boxes, repairs, source = list(proposal.boxes), list(proposal.repairs), "vlm"
+            round_notes = list(proposal.notes)
             if not boxes:
-                boxes, source = self._fallback(all_candidates, photo.size, ratio_)
-                notes.append(f"no valid box after {1 + cfg.retries} tries: fell back to {source}")
+                boxes, what, earlier = self._fallback(all_candidates, photo.size, ratio_)
+                repairs, source = [""] * len(boxes), "fallback"
+                if earlier is not None and earlier.source == "fallback":
+                    # What stood in before stands in again: keep its first reason.
+                    why = f"{fell_back[earlier.round]}, and {stage} round {index} gave none either"
+                else:
+                    why = f"{what}, as {stage} round {index} {proposal.why}"
+                fell_back[index] = why
+                round_notes.append(f"fell back to {why}")
             scores = yield Score(photo, boxes, task, embedding)
             round_candidates = tuple(
-                Candidate(b, s.total, dict(s.terms), k, "vlm" if source == "vlm" else "fallback")
-                for b, s in zip(boxes, scores, strict=True)
+                Candidate(b, s.total, dict(s.terms), index, source, repair)
+                for b, s, repair in zip(boxes, scores, repairs, strict=True)
             )
             trace.append(
-                Round(len(trace), stage, prompt, tuple(replies), round_candidates, tuple(notes))
+                Round(
+                    index,
+                    stage,
+                    prompt,
+                    tuple(proposal.replies),
+                    round_candidates,
+                    tuple(round_notes),
+                    proposal.dropped,
+                )
             )
             all_candidates.extend(round_candidates)
             feedback = sorted(round_candidates, key=lambda c: -c.score)[: cfg.crops]
 
-        pool = all_candidates if cfg.select.get(task, "last") == "all" else list(feedback)
+        rule = cfg.select.get(task, "last")
+        pool = all_candidates if rule == "all" else list(feedback)
         best = max(pool, key=lambda c: c.score)
+        if best.source == "fallback":
+            fallbacks.append(fell_back[best.round])
+        higher = max(all_candidates, key=lambda c: c.score)
+        if higher.score > best.score:
+            notes.append(
+                f"chosen from the last round, as the paper chooses {task} crops: a crop of round "
+                f"{higher.round} scored higher ({higher.score:.4f} against {best.score:.4f})"
+            )
+        top = diverse_top(all_candidates, cfg.top_k, cfg.diversity_iou, first=best)
+        fallback = "; ".join(fallbacks) or None
+        if fallback:
+            log.warning("%s: fell back to %s", _name(image) or "a photo", fallback)
+        round_notes = [f"round {r.index} ({r.stage}): {n}" for r in trace for n in r.notes]
         return CropResult(
             box=best.box,
             score=best.score,
@@ -369,7 +495,9 @@ class Cropper:
             ratio=ratio_,
             source=_name(image) or None,
             composition=composition.name if composition else None,
-            top=diverse_top(all_candidates, cfg.top_k, cfg.diversity_iou, first=best),
+            top=top,
+            fallback=fallback,
+            notes=tuple(round_notes + notes),
         )
 
     # -- steps -----------------------------------------------------------------
@@ -408,47 +536,78 @@ class Cropper:
             max_tokens=cfg.max_tokens,
             json_schema=schema,
             seed=cfg.seed,
+            top_p=cfg.top_p,
+            top_k=cfg.sampling_top_k,
         )
 
     def _propose(
         self,
         prompt: Conversation,
         query_size: tuple[int, int],
-        photo_size: tuple[int, int],
-        ratio: Ratio | None,
+        constraints: Constraints,
         cfg: CropConfig,
-    ) -> Generator[Generate, Any, tuple[list[str], list[Box], list[str]]]:
-        """Ask for crops, retrying a round whose replies hold no valid box."""
+    ) -> Generator[Generate, Any, Proposal]:
+        """Ask for crops, repair them to the request, and retry a round with no valid box."""
         sampling = self._sampling(
             cfg.samples, boxes_schema(cfg.crops, cfg.coords, query_size), cfg, cfg.temperature
         )
         replies: list[str] = []
         notes: list[str] = []
+        dropped: list[str] = []
+        reasons: list[str] = []
         for attempt in range(1 + cfg.retries):
-            if attempt and sampling.seed is not None:  # a retry with the same seed repeats itself
-                sampling = dataclasses.replace(sampling, seed=sampling.seed + attempt)
+            if attempt and cfg.seed is not None:
+                # The samples of a try use seeds seed .. seed + samples - 1 (a server that
+                # ignores n is asked again with the next ones): a retry starts past them all.
+                sampling = dataclasses.replace(sampling, seed=cfg.seed + attempt * cfg.samples)
             new = yield Generate(prompt, sampling)
             replies.extend(new)
             parsed = [parse_reply(r, cfg.coords, query_size) for r in new]
-            boxes = [b for p in parsed for b in p.boxes]
-            if ratio is not None:
-                boxes = [fit_aspect(b, ratio.value, photo_size) for b in boxes]
-            if boxes:
-                kept = dedupe(np.array([b.as_array() for b in boxes]))
-                return replies, [Box(*map(float, row)) for row in kept], notes
-            reasons = sorted({p.reason for p in parsed if p.reason})
-            notes.append(f"try {attempt + 1}: no valid box ({'; '.join(reasons) or 'no reply'})")
-        return replies, [], notes
+            written = [d for p in parsed for d in p.dropped]
+            applied = constraints.apply([b for p in parsed for b in p.boxes])
+            dropped += written + list(applied.dropped)
+            notes += [
+                f"{n} proposal{'s' * (n > 1)} dropped: {why}" for why, n in Counter(written).items()
+            ] + applied.notes
+            if applied.boxes:
+                return Proposal(replies, applied.boxes, applied.changes, notes, tuple(dropped))
+            reasons = sorted({p.reason for p in parsed if p.reason}) or ["no reply"]
+            notes.append(f"try {attempt + 1}: no valid box ({'; '.join(reasons)})")
+        why = f"gave no valid box in {1 + cfg.retries} tries ({'; '.join(reasons)})"
+        hint = self._no_box_hint(replies, sampling)
+        return Proposal(replies, (), (), notes, tuple(dropped), f"{why}{hint}")
+
+    def _no_box_hint(self, replies: list[str], sampling: Sampling) -> str:
+        """What the replies that held no box suggest, and what to do about it."""
+        texts = [r.strip() if isinstance(r, str) else "" for r in replies]
+        if texts and not any(texts):
+            return (
+                ": the model's replies were empty (a reasoning model may have spent max_tokens "
+                "thinking: raise max_tokens)"
+            )
+        held = getattr(self.vlm, "constrains_output", False) and sampling.json_schema
+        if texts and held and not any(_json_start(t) for t in texts):
+            return (
+                ": its replies are not JSON although the JSON schema was sent as "
+                "response_format, so the server ignores it (transformers serve does): serve the "
+                "model where structured outputs work (vLLM, SGLang), or use a model that "
+                "follows the prompt's answer format"
+            )
+        return ""
 
     @staticmethod
     def _fallback(
         earlier: list[Candidate], size: tuple[int, int], ratio: Ratio | None
-    ) -> tuple[list[Box], str]:
+    ) -> tuple[list[Box], str, Candidate | None]:
+        """What stands in for a round's boxes, in words, and the earlier candidate it is."""
         if ratio is not None:
-            return [fit_aspect(Box.whole(), ratio.value, size)], "the largest centred crop"
+            box = fit_aspect(Box.whole(), ratio.value, size)
+            same = next((c for c in earlier if c.box == box and c.source == "fallback"), None)
+            return [box], "the largest centred crop", same
         if earlier:
-            return [max(earlier, key=lambda c: c.score).box], "the best earlier candidate"
-        return [Box.whole()], "the whole photo"
+            best = max(earlier, key=lambda c: c.score)
+            return [best.box], "the best earlier candidate", best
+        return [Box.whole()], "the whole photo", None
 
     def _feedback(
         self, photo: Any, candidates: list[Candidate], cfg: CropConfig
@@ -560,6 +719,23 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A round's replies and the valid crops read from them (none: ``why``)."""
+
+    replies: list[str]
+    boxes: tuple[Box, ...]
+    repairs: tuple[str, ...]  # per box: how it was changed to satisfy the request
+    notes: list[str]
+    dropped: tuple[str, ...]
+    why: str = ""  # when there is no box: why, and what to do
+
+
+def _json_start(text: str) -> bool:
+    """Whether a reply begins as the JSON object a schema-held decoder writes."""
+    return text.lstrip().startswith("{")
 
 
 def _with_top(result: CropResult, cfg: CropConfig) -> CropResult:

@@ -90,6 +90,7 @@ class ParsedReply:
     scores: tuple[float | None, ...]  # the leading score of (s, x1, y1, x2, y2), per box
     points: tuple[tuple[float, float] | None, ...]  # the subject point, normalized, per box
     reason: str  # "" when boxes were found, else why none were
+    dropped: tuple[str, ...] = ()  # why each box written but not kept was dropped
 
 
 @dataclass(frozen=True)
@@ -477,8 +478,9 @@ def _sanitized(groups: list[_Group], coords: str, size: Size | None) -> ParsedRe
             continue
         kept.append((clean[0], group))
     if not kept:
-        return _empty(_why_none(dropped))
+        return _empty(_why_none(dropped), tuple(dropped.elements()))
     unique = dedupe(np.array([row for row, _ in kept]))
+    dropped["repeated another crop"] += len(kept) - len(unique)
     boxes, scores, points = [], [], []
     rows = iter(kept)
     for target in unique:  # dedupe keeps rows in order: walk to each survivor
@@ -486,7 +488,7 @@ def _sanitized(groups: list[_Group], coords: str, size: Size | None) -> ParsedRe
         boxes.append(Box(*(float(v) for v in row)))
         scores.append(_finite_or_none(group.score))
         points.append(_unit_point(group.point, coords, size))
-    return ParsedReply(tuple(boxes), tuple(scores), tuple(points), "")
+    return ParsedReply(tuple(boxes), tuple(scores), tuple(points), "", tuple(dropped.elements()))
 
 
 def _verdict(row: np.ndarray) -> str:
@@ -525,8 +527,8 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _empty(reason: str) -> ParsedReply:
-    return ParsedReply((), (), (), reason)
+def _empty(reason: str, dropped: tuple[str, ...] = ()) -> ParsedReply:
+    return ParsedReply((), (), (), reason, dropped)
 
 
 def _check_convention(coords: str, size: Size | None) -> None:

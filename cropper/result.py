@@ -22,7 +22,8 @@ class Candidate:
     score: float
     terms: dict[str, float]
     round: int
-    source: str = "vlm"  # vlm, or fallback
+    source: str = "vlm"  # vlm, fallback, or a baseline's name
+    repair: str = ""  # how the proposal was changed to satisfy the request ("" if not)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Round:
     prompt: Conversation = field(repr=False)
     replies: tuple[str, ...]
     candidates: tuple[Candidate, ...]
-    notes: tuple[str, ...] = ()  # retries and fallbacks, in words
+    notes: tuple[str, ...] = ()  # retries, repairs, drops and fallbacks, in words
+    dropped: tuple[str, ...] = ()  # why each proposal left out was left out
 
     @property
     def prompt_text(self) -> str:
@@ -65,6 +67,12 @@ class CropResult:
     composition: str | None = None  # what the composition step chose (compose=True)
     # The best crops of all rounds that overlap little (top_k), the chosen one first.
     top: tuple[Candidate, ...] = field(default=(), repr=False)
+    # What stood in for what the request asked, and why (the whole photo for a round with
+    # no valid box, an assumed subject, ...); None when nothing did.
+    fallback: str | None = None
+    # Everything a user should know about how this crop came about: fallbacks, repaired and
+    # dropped proposals, the score terms used, why the chosen crop is not the best scored.
+    notes: tuple[str, ...] = ()
 
     @property
     def size(self) -> Size:
@@ -115,6 +123,8 @@ class CropResult:
     def to_json(self, top: bool | None = None) -> dict[str, Any]:
         """The summary a command line writes: image, task, box in pixels, score.
 
+        ``fallback`` (``null``, or what stood in and why) and ``notes`` are always there.
+
         ``top`` lists the diverse crops of :attr:`top` (box in pixels, score) when ``top``
         is true, or by default when there are several; ``composition`` names the one the
         composition step chose.
@@ -132,9 +142,26 @@ class CropResult:
             ]
         if self.composition:
             summary["composition"] = self.composition
+        summary["fallback"] = self.fallback
+        summary["notes"] = list(self.notes)
         return summary
 
     @property
     def top_images(self) -> list[Image.Image]:
         """The crops of :attr:`top`, best first."""
         return [self.photo.crop(c.box.to_pixels(self.size)) for c in self.top]
+
+
+@dataclass(frozen=True)
+class PartialCrop:
+    """What a crop that failed got done: its photo (once loaded) and its rounds so far.
+
+    A :class:`~cropper.errors.CropperError` that ends a photo's crop carries one as
+    ``partial``, so that a debug folder shows where it stopped.
+    """
+
+    source: str | None
+    task: str
+    photo: Image.Image | None = field(repr=False)
+    rounds: tuple[Round, ...] = field(repr=False)
+    error: str = ""

@@ -173,7 +173,14 @@ def run_crop(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print("  ".join(f"{k} {v:.4f}" for k, v in measured.items()), file=sys.stderr)
-    counts = {k: report[k] for k in ("photos", "measured", "cropped_now", "resumed")}
+    counts = {k: report.get(k, 0) for k in ("photos", "measured", "cropped_now", "resumed")}
+    counts["fell_back"] = report.get("fell_back", 0)
+    if counts["fell_back"]:
+        print(
+            f"cropper: {counts['fell_back']} of {report['measured']} photos fell back "
+            "(no valid box from the VLM); their lines in predictions.jsonl say why",
+            file=sys.stderr,
+        )
     print(json.dumps({**measured, **counts, "failed": len(report["failed"])}), flush=True)
     return 1 if report["failed"] else 0
 

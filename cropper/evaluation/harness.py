@@ -163,6 +163,8 @@ def run_split(
                 "box": [round(v, 2) for v in photo.pixels(result.box)],
                 "score": round(float(result.score), 6),
             }
+            if getattr(result, "fallback", None):  # measured, but marked: it is no VLM crop
+                line["fallback"] = result.fallback
             if top_k > 1 and result.top:  # the diverse crops, for iou_top_k
                 line["top"] = [[round(v, 2) for v in photo.pixels(c.box)] for c in result.top]
             sink.append(line)

@@ -72,6 +72,8 @@ def evaluate_crops(
         "cropped_now": outcome.cropped,
         "resumed": outcome.resumed,
         "failed": [f"{name}: {why}" for name, why in outcome.failures],
+        # Photos whose crop is a fallback (no valid box from the VLM), measured all the same.
+        "fell_back": sum(1 for p in predictions.values() if p.get("fallback")),
     }
     return write_report(out, summary, scored, settings=record, gallery=gallery)
 

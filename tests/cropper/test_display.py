@@ -69,13 +69,13 @@ def test_a_crop_proposed_again_in_each_round_is_starred_once_in_the_last():
     assert "&#9733;" in page.split("round 2: refine")[1]
 
 
-def test_a_result_without_a_vlm_lists_its_best_grid_candidates():
+def test_a_result_without_a_vlm_lists_its_best_candidates():
     cropper = Cropper(vlm=None, clip=None, head=None)
     result = cropper.crop(synthetic_photo(5, size=(320, 240)), task="free")
     assert not result.rounds and len(result.candidates) > TOP
     page = result_html(result)
     assert f"{len(result.candidates)} candidates" in page
-    assert page.count("<td>head</td>") == TOP
+    assert page.count("<td>saliency</td>") == TOP  # no VLM and no embedder: saliency
     assert page.count("&#9733;") == 1
     assert len(_images(page)) == 3  # before, after, every candidate
 

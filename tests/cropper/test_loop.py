@@ -104,7 +104,7 @@ def test_no_valid_box_falls_back_without_raising(photo, task, ratio, expected):
         assert result.pixels == (80, 0, 560, 480)
     else:
         assert result.pixels == (0, 0, 640, 480)
-        assert "the best earlier candidate" in result.rounds[1].notes[-1]
+        assert "and refine round 1 gave none either" in result.rounds[1].notes[-1]
 
 
 def test_refine_prompt_keeps_the_propose_prompt_as_its_prefix(photo):
@@ -177,6 +177,11 @@ def test_result_exposes_pixels_image_and_json(photo, tmp_path):
         "task": "free",
         "box": [160, 0, 480, 480],
         "score": pytest.approx(result.score, abs=1e-6),
+        "fallback": None,
+        "notes": [
+            "scored with area: no embedder, so no aesthetic, content or knowledge term (they "
+            "need image embeddings; pass clip=)"
+        ],
     }
 
 
@@ -212,16 +217,20 @@ class CountingEmbedder:
 
 
 @pytest.mark.parametrize(
-    ("task", "ratio", "batches"),
+    ("task", "ratio", "weights", "batches"),
     [
-        ("free", None, []),  # no bank, no head: area alone, so no embedding at all
-        ("aspect", "1:1", [1, 1]),  # content: the query once, then the round's one crop
+        ("free", None, "area=1", []),  # no bank, area alone: no embedding at all
+        # No head: the content term stands in, so the query once, then the round's crop.
+        ("free", None, None, [1, 1]),
+        ("aspect", "1:1", None, [1, 1]),  # content: the query once, then the round's one crop
     ],
 )
-def test_the_query_is_embedded_only_when_something_uses_it(photo, task, ratio, batches):
+def test_the_query_is_embedded_only_when_something_uses_it(photo, task, ratio, weights, batches):
     embedder = CountingEmbedder()
     vlm = ScriptedVLM(lambda conv, s: [crops((100, 100, 900, 900))] * s.n)
-    cropper = Cropper(vlm=vlm, clip=embedder, head=None, index=None, refine_rounds=0)
+    cropper = Cropper(
+        vlm=vlm, clip=embedder, head=None, index=None, refine_rounds=0, score_weights=weights
+    )
     cropper.crop(photo, task=task, ratio=ratio)
     assert embedder.batches == batches
 
@@ -230,14 +239,16 @@ def test_the_query_is_embedded_only_when_something_uses_it(photo, task, ratio, b
 
 
 @pytest.mark.parametrize("vlm", [None, "none", " None "])
-def test_no_vlm_crops_with_the_head_over_the_grid(photo, vlm):
+def test_no_vlm_and_no_embedder_crops_by_saliency(photo, vlm):
     from cropper.grid import grid_candidates
 
     with Cropper(vlm=vlm, clip=None, head=None, index=None) as cropper:
         assert cropper.vlm is None
         result = cropper.crop(photo)
-    assert result.rounds == () and {c.source for c in result.candidates} == {"head"}
-    assert {c.box for c in result.candidates} == set(grid_candidates(photo.size))
+    assert result.rounds == () and {c.source for c in result.candidates} == {"saliency"}
+    assert set(grid_candidates(photo.size)) <= {c.box for c in result.candidates}
+    # Ranked by what stands out, not by area: the whole photo is not simply the winner.
+    assert {"saliency", "cut"} == set(result.candidates[0].terms)
 
 
 def test_no_vlm_from_the_environment(photo, monkeypatch):
