@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from cropper.components import DEFAULT
-from cropper.errors import CropperError
-from cropper.fileio import JsonLines, read_json_lines, save_image
+from cropper.errors import ConfigError, CropperError
+from cropper.fileio import JsonLines, read_json_lines, save_image, write_text
 from cropper.tasks import TASKS
 
 log = logging.getLogger("cropper")
 
 #: The file in an output folder with one line per cropped photo; a rerun skips those.
 RESULTS = "results.jsonl"
+#: The file in an output folder recording the settings that made its crops.
+SETTINGS = "settings.json"
 
 
 def positive_int(value: str) -> int:
@@ -55,6 +57,17 @@ def non_negative_int(value: str) -> int:
     return number
 
 
+def share(value: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {value!r}")
+    return number
+
+
 def none_or(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
@@ -73,12 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMAGE",
         help="photos, folders (subfolders too), globs ('shoot/*.jpg') or @list.txt",
     )
-    crop.add_argument("--task", choices=TASKS, default="free", help="the cropping task")
-    crop.add_argument("--ratio", help="aspect ratio for --task aspect, e.g. 16:9")
+    crop.add_argument(
+        "--task",
+        choices=TASKS,
+        help="the cropping task (default: aspect with --ratio, subject with --subject, else free)",
+    )
+    crop.add_argument("--ratio", help="aspect ratio (implies --task aspect), e.g. 16:9")
     crop.add_argument(
         "--subject",
-        help="for --task subject: a point x,y or box x0,y0,x1,y1 (0-1), a mask file, or a "
-        "phrase ('the red kite'); default: the VLM finds the main subject",
+        help="a point x,y or box x0,y0,x1,y1 (0-1), a mask file, or a phrase ('the red kite') "
+        "(implies --task subject; with --task subject alone the VLM finds the main subject)",
     )
     # DEFAULT: the environment, else the documented default (see cropper.defaults).
     crop.add_argument(
@@ -145,6 +162,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     crop.add_argument("--api-key", help="server API key (default: $CROPPER_API_KEY)")
     crop.add_argument(
+        "--model",
+        help="the model to use on a server that serves several (see its /v1/models)",
+    )
+    crop.add_argument(
+        "--no-structured-outputs",
+        action="store_true",
+        help="do not send the JSON schema as response_format, for servers that refuse it",
+    )
+    crop.add_argument(
+        "--min-side",
+        type=share,
+        help="the smallest side a crop may have, as a share of the photo's side (default 0.1); "
+        "smaller proposals are grown",
+    )
+    crop.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        metavar="N",
+        help="the most tokens a reply may have (default 512: a dozen boxes as JSON)",
+    )
+    crop.add_argument("--top-p", type=share, help="nucleus sampling's top_p (default: not sent)")
+    crop.add_argument(
+        "--sampling-top-k",
+        type=positive_int,
+        metavar="K",
+        help="sample each token from the K likeliest (a request's top_k; default: not sent)",
+    )
+    crop.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when any photo fell back (no valid box from the VLM, an assumed subject)",
+    )
+    crop.add_argument(
+        "--redo",
+        action="store_true",
+        help="with --out a folder: crop every photo again, even those done, with this run's "
+        "settings",
+    )
+    crop.add_argument(
         "-o",
         "--out",
         help="output file (one photo) or folder (several): the folder gets the crops and "
@@ -181,24 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
 def run_crop(args: argparse.Namespace) -> int:
     from cropper.inputs import expand_inputs, output_paths, writes_a_folder
 
+    task = crop_task(args.task, ratio=args.ratio, subject=args.subject)
     inputs = expand_inputs(args.images)
     outputs = output_paths(inputs, args.out)
     log_path = Path(args.out) / RESULTS if writes_a_folder(inputs, args.out, outputs) else None
-    todo = _not_done(inputs, outputs, log_path)
+    if log_path is not None:
+        _check_settings(log_path.parent, _settings(args, task), redo=args.redo)
+    todo = _not_done(inputs, outputs, None if args.redo else log_path)
     if len(todo) < len(inputs):
         print(
             f"cropper: {len(inputs) - len(todo)} photos already done in {log_path}", file=sys.stderr
         )
     cropper = cropper_from_args(args)
+    if log_path is not None:
+        _record_settings(log_path.parent, _settings(args, task), redo=args.redo)
     failures: list[str] = []
+    fallbacks: list[str] = []
     with contextlib.ExitStack() as stack:
         results_log = stack.enter_context(JsonLines(log_path)) if log_path else None
         stack.callback(cropper.close)
         stream = cropper.crop_stream(
             [inputs[i].path for i in todo],
-            task=args.task,
-            subject=args.subject if args.task == "subject" else None,
-            ratio=args.ratio if args.task == "aspect" else None,
+            task=task,
+            subject=args.subject if task == "subject" else None,
+            ratio=args.ratio if task == "aspect" else None,
             concurrency=args.concurrency,
             progress=len(todo) > 1,
         )
@@ -207,6 +269,8 @@ def run_crop(args: argparse.Namespace) -> int:
             image, out = _shown(inputs[index].path), outputs[index]
             try:
                 if isinstance(result, CropperError):
+                    if args.debug_dir and result.partial is not None:
+                        _write_debug(result.partial, Path(args.debug_dir), inputs[index].name)
                     raise result
                 if out is not None:
                     for rank, extra in enumerate(result.top_images[1:], start=2):
@@ -219,16 +283,127 @@ def run_crop(args: argparse.Namespace) -> int:
                 print(f"cropper: {failures[-1]}", file=sys.stderr)
                 continue
             summary = {**result.to_json(top=(args.top_k or 1) > 1), "image": image}
+            if result.fallback:
+                fallbacks.append(f"{image}: {result.fallback}")
             if results_log is not None:
                 results_log.append(summary)
             if args.json:
                 print(json.dumps(summary), flush=True)
             else:
                 where = f" -> {out}" if out else ""
-                print(f"{image}: box {summary['box']} score {result.score:.4f}{where}", flush=True)
+                fell = " (fell back; see the warning)" if result.fallback else ""
+                print(
+                    f"{image}: box {summary['box']} score {result.score:.4f}{where}{fell}",
+                    flush=True,
+                )
+    if fallbacks:
+        print(_summary("fell back", fallbacks, len(todo)), file=sys.stderr)
     if failures:
-        print(_failure_summary(failures, len(todo)), file=sys.stderr)
-    return 1 if failures else 0
+        print(_summary("failed", failures, len(todo)), file=sys.stderr)
+    if fallbacks and args.strict and not failures:
+        print("cropper: --strict: exit 1, as photos fell back", file=sys.stderr)
+    return 1 if failures or (fallbacks and args.strict) else 0
+
+
+def crop_task(task: str | None, *, ratio: Any = None, subject: Any = None) -> str:
+    """The task the flags ask for: ``--ratio`` implies aspect, ``--subject`` subject.
+
+    Flags that ask for different tasks are refused in one line.
+    """
+    implied = [name for name, flag in (("aspect", ratio), ("subject", subject)) if flag]
+    if len(implied) > 1:
+        raise ConfigError(
+            "--ratio asks for --task aspect and --subject for --task subject: give one of them"
+        )
+    if task is None:
+        return implied[0] if implied else "free"
+    if implied and implied[0] != task:
+        flag = "--ratio" if implied[0] == "aspect" else "--subject"
+        raise ConfigError(
+            f"{flag} belongs to --task {implied[0]}, not --task {task}: drop {flag}, or use "
+            f"--task {implied[0]}"
+        )
+    return task
+
+
+#: The flags whose values make the crops, as recorded in an output folder's settings.json.
+_SETTING_FLAGS = (
+    "ratio",
+    "subject",
+    "vlm",
+    "model",
+    "clip",
+    "head",
+    "index",
+    "prompts",
+    "coords",
+    "pixel_budget",
+    "score_weights",
+    "top_k",
+    "compose",
+    "min_side",
+    "top_p",
+    "sampling_top_k",
+    "max_tokens",
+    "no_structured_outputs",
+)
+
+
+def _settings(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """The settings of this run that make its crops, by flag name (unset ones left out)."""
+    settings: dict[str, Any] = {"--task": task}
+    for name in _SETTING_FLAGS:
+        value = getattr(args, name, None)
+        if value is None and name in ("clip", "head", "index"):
+            value = "none"  # these default to DEFAULT: None is the user's "none"
+        if value is None or value is False:  # by identity: a min_side of 0.0 is set
+            continue
+        settings["--" + name.replace("_", "-")] = "default" if value is DEFAULT else value
+    return settings
+
+
+def _check_settings(folder: Path, settings: dict[str, Any], *, redo: bool) -> None:
+    """Refuse to go on in a folder made with other settings, unless asked to redo it."""
+    recorded = _recorded_settings(folder)
+    if recorded is None or recorded == settings or redo:
+        return
+    changes = []
+    for flag in sorted(set(recorded) | set(settings)):
+        before, now = recorded.get(flag), settings.get(flag)
+        if before != now:
+            changes.append(f"{flag} {_flag_value(before)} then, {_flag_value(now)} now")
+    raise ConfigError(
+        f"{folder} holds crops made with other settings ({'; '.join(changes)}): crop into "
+        "another --out folder, or add --redo to crop every photo again with these"
+    )
+
+
+def _recorded_settings(folder: Path) -> dict[str, Any] | None:
+    path = folder / SETTINGS
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} cannot be read ({exc.__class__.__name__}): add --redo to crop every photo "
+            "again and write it anew"
+        ) from None
+    return recorded.get("settings") if isinstance(recorded, dict) else None
+
+
+def _record_settings(folder: Path, settings: dict[str, Any], *, redo: bool) -> None:
+    """Write the folder's settings; a redo starts its results.jsonl afresh."""
+    if redo and (folder / RESULTS).exists():
+        write_text(folder / RESULTS, "")
+    if _recorded_settings(folder) != settings:
+        write_text(folder / SETTINGS, json.dumps({"settings": settings}, indent=1) + "\n")
+
+
+def _flag_value(value: Any) -> str:
+    if value is None:
+        return "unset"
+    return "on" if value is True else repr(value)
 
 
 def _shown(path: str) -> str:
@@ -238,20 +413,24 @@ def _shown(path: str) -> str:
     return show_url(path) if is_url(path) else path
 
 
-#: Failures listed one by one at the end of a batch; the rest are counted.
+#: Failures (and fallbacks) listed one by one at the end of a batch; the rest are counted.
 SHOWN_FAILURES = 20
 
 
-def _failure_summary(failures: Sequence[str], total: int) -> str:
-    lines = [f"cropper: {len(failures)} of {total} photos failed:"]
-    lines += [f"  {why}" for why in failures[:SHOWN_FAILURES]]
-    if len(failures) > SHOWN_FAILURES:
-        lines.append(f"  ... and {len(failures) - SHOWN_FAILURES} more")
+def _summary(what: str, items: Sequence[str], total: int) -> str:
+    """``cropper: K of N photos failed:`` (or ``fell back:``) and a line each."""
+    lines = [f"cropper: {len(items)} of {total} photos {what}:"]
+    lines += [f"  {why}" for why in items[:SHOWN_FAILURES]]
+    if len(items) > SHOWN_FAILURES:
+        lines.append(f"  ... and {len(items) - SHOWN_FAILURES} more")
     return "\n".join(lines)
 
 
 def _write_debug(result: Any, debug_dir: Path, name: str) -> None:
-    """``DIR/<photo name without suffix>/``, with prompt images shared by the whole run."""
+    """``DIR/<photo name without suffix>/``, with prompt images shared by the whole run.
+
+    ``result`` is a CropResult, or the PartialCrop of a photo that failed.
+    """
     from cropper.debug import write_debug
 
     try:
@@ -272,13 +451,20 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
         "top_k": getattr(args, "top_k", None),
         "compose": getattr(args, "compose", False),
         "allow_urls": getattr(args, "allow_urls", False),
+        "min_side": getattr(args, "min_side", None),
+        "top_p": getattr(args, "top_p", None),
+        "sampling_top_k": getattr(args, "sampling_top_k", None),
+        "max_tokens": getattr(args, "max_tokens", None),
     }
-    settings = {key: value for key, value in options.items() if value}
+    # Unset options keep CropConfig's defaults (by identity: a min_side of 0.0 is set).
+    settings = {k: v for k, v in options.items() if v is not None and v is not False and v != ""}
     backend = {
         "timeout": getattr(args, "timeout", None),
         "max_retries": getattr(args, "max_retries", None),
+        "structured_outputs": False if getattr(args, "no_structured_outputs", False) else None,
     }
     return Cropper(
+        model=getattr(args, "model", None),
         score_weights=getattr(args, "score_weights", None),
         vlm_options={key: value for key, value in backend.items() if value is not None},
         vlm=args.vlm,

@@ -43,7 +43,7 @@ def test_a_folder_is_cropped_into_a_mirror_with_a_results_line_each(shoot, tmp_p
         assert main(argv) == 0  # everything is done: nothing is asked again
         assert len(server.chat_requests) == first
     crops = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*"))
-    assert crops == ["a.jpg", "b.png", "day2/c.jpg", "day2/d.jpg", "results.jsonl"]
+    assert crops == ["a.jpg", "b.png", "day2/c.jpg", "day2/d.jpg", "results.jsonl", "settings.json"]
     lines = _lines(out)
     assert sorted(x["image"] for x in lines) == sorted(str(p) for p in shoot.rglob("*.*g"))
     for line in lines:
@@ -60,7 +60,8 @@ def test_globs_and_lists_name_photos_too(shoot, tmp_path) -> None:
         argv = ["crop", f"@{listing}", str(shoot / "day2" / "d*.jpg"), "--out", str(out),
                 "--vlm", server.url, *NO_MODELS]  # fmt: skip
         assert main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "c.jpg", "d.jpg", "results.jsonl"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a.jpg", "c.jpg", "d.jpg", "results.jsonl", "settings.json"]
 
 
 def test_an_out_folder_that_is_the_input_folder_is_refused(shoot, capsys) -> None:
