@@ -7,7 +7,9 @@ pixel budget, one propose and two refine rounds of R=6 crops; see tokens.py):
   photo and for a second that shares the run's prompt-image folder (``--debug-dir``);
 - the composition step's prompt tokens (one extra, short VLM call) and the tokens its
   line adds to every propose and refine prompt;
-- ``diverse_top`` over a photo's 18 candidates, and the knowledge term over them.
+- ``diverse_top`` over a photo's 18 candidates, and the knowledge term over them;
+- the request's constraints (``cropper.constraints``) repairing a round's proposals, slivers
+  among them, on a 12-megapixel photo: free, subject and aspect.
 
     python benchmarks/features.py
 
@@ -27,11 +29,13 @@ import numpy as np
 
 from cropper.boxes import Box
 from cropper.composition import load_compositions
+from cropper.constraints import Constraints
 from cropper.debug import write_debug
 from cropper.diversity import diverse_top
 from cropper.knowledge import KnowledgePrompts, KnowledgeTerm
 from cropper.prompts import PromptSet, default_prompt_dir
 from cropper.result import Candidate, CropResult, Round
+from cropper.tasks import Subject
 from cropper.testing.synthetic import synthetic_photo
 
 HERE = Path(__file__).resolve().parent
@@ -139,6 +143,27 @@ def selection_costs(result: CropResult) -> dict[str, Any]:
             1000 * _best_of(lambda: diverse_top(result.candidates, 5, 0.5), 20), 3
         ),
         "knowledge_term_ms": round(1000 * _best_of(lambda: term.score(crops), 20), 3),
+        **constraint_costs(result),
+    }
+
+
+def constraint_costs(result: CropResult) -> dict[str, Any]:
+    """Repairing a round's R=6 proposals (two of them slivers) on a 4000x3000 photo."""
+    size = (4000, 3000)
+    proposals = [c.box for c in result.candidates[:4]] + [
+        Box.from_pixels((378, 300, 734, 304), size),  # 356 x 4 px, as a real reply wrote
+        Box.from_pixels((1000, 1000, 1002, 1064), size),
+    ]
+    requests = {
+        "free": Constraints(size),
+        "subject": Constraints(size, subject=Subject((0.4, 0.5), Box(0.35, 0.4, 0.45, 0.6))),
+        "aspect": Constraints(size, ratio=16 / 9),
+    }
+    return {
+        f"constraints_{task}_6_proposals_ms": round(
+            1000 * _best_of(lambda c=c: c.apply(proposals), 20), 3
+        )
+        for task, c in requests.items()
     }
 
 

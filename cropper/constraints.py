@@ -17,6 +17,7 @@ pixels of the photo, as the returned crop is cut.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -92,6 +93,12 @@ class Constraints:
             min(h, max(1, math.ceil(self.min_side * h - 1e-9))),
         )
 
+    @functools.cached_property
+    def _largest_of_ratio(self) -> Box:
+        """The photo's largest crop of the ratio (computed once: checks are many)."""
+        assert self.ratio is not None
+        return fit_aspect(Box.whole(), self.ratio, self.size)
+
     def _subject_pixels(self) -> tuple[int, int, int, int] | None:
         """The pixel span a crop must cover for the subject: its box, or around its point.
 
@@ -116,7 +123,7 @@ class Constraints:
             if abs(w - self.ratio * h) > 1 and abs(h - w / self.ratio) > 1:
                 return f"not of ratio {self.ratio:g}"
             # A ratio the photo cannot hold at the minimum size: its largest crop is valid.
-            largest = fit_aspect(Box.whole(), self.ratio, self.size).to_pixels(self.size)
+            largest = self._largest_of_ratio.to_pixels(self.size)
             min_w = min(min_w, largest[2] - largest[0])
             min_h = min(min_h, largest[3] - largest[1])
         if right - left < min_w or bottom - top < min_h:
@@ -176,7 +183,7 @@ class Constraints:
         need_h = max(min_h, math.ceil(min_w / self.ratio - 1e-9), h)
         need_w = max(min_w, math.ceil(self.ratio * need_h - 1e-9))  # within 1 px of the ratio
         if need_w > self.size[0] or need_h > self.size[1]:
-            return fit_aspect(Box.whole(), self.ratio, self.size)
+            return self._largest_of_ratio
         x = min(max(round((left + right - need_w) / 2), 0), self.size[0] - need_w)
         y = min(max(round((top + bottom - need_h) / 2), 0), self.size[1] - need_h)
         return Box.from_pixels((x, y, x + need_w, y + need_h), self.size)
