@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import IO, Union
@@ -21,9 +23,13 @@ __all__ = [
     "ImageInput",
     "URL_MAX_BYTES",
     "URL_TIMEOUT",
+    "NotRegularFileError",
     "describe",
+    "file_problem",
     "fit_within",
     "load_image",
+    "open_regular_file",
+    "shorten_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,7 @@ def describe(source: ImageInput) -> str:
     if isinstance(source, str) and is_url(source):
         return show_url(source)
     if isinstance(source, (str, os.PathLike)):
-        return str(source)
+        return shorten_path(os.fspath(source))
     if isinstance(source, Image.Image):
         return f"<PIL image {source.size[0]}x{source.size[1]}>"
     if isinstance(source, np.ndarray):
@@ -90,21 +96,111 @@ def load_image(
         return _decode(stream, name, max_pixels)
 
 
+#: Characters of a path shown in messages; a longer one keeps its start and its end.
+MAX_SHOWN_PATH = 200
+
+
+def shorten_path(path: str | bytes) -> str:
+    """A path as messages show it: on one line, and cut short when very long.
+
+    Control characters are escaped; a path over :data:`MAX_SHOWN_PATH` characters keeps
+    its start, ``...`` and its end (the file name).
+    """
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    if not text.isprintable():  # a newline in a file name must not break a one-line message
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) <= MAX_SHOWN_PATH:
+        return text
+    head = MAX_SHOWN_PATH // 3
+    return f"{text[:head]}...{text[-(MAX_SHOWN_PATH - head - 3) :]}"
+
+
+#: What a path that is no regular file is, by its type, for messages.
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+# Opened without blocking: a FIFO swapped in after the check must not wait for a writer.
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)  # fmt: skip
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, socket or device where a file was expected (reading it could block forever)."""
+
+
+def open_regular_file(path: str | os.PathLike) -> IO[bytes]:
+    """``path`` opened for reading, if it is a regular file; never blocks.
+
+    The type is checked before opening (a FIFO would wait for a writer, a device never
+    end) and again on what was opened (opened without blocking, so a file swapped in
+    between cannot hang either). Raises ``IsADirectoryError`` for a folder,
+    :class:`NotRegularFileError` for any other special file, ``OSError`` when the path
+    cannot be looked at or opened, ``ValueError`` for a NUL byte in it; :func:`file_problem`
+    says which in words.
+    """
+    _check_regular(os.stat(path).st_mode)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        _check_regular(os.fstat(fd).st_mode)  # what was opened, not what was checked
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder")
+    if not stat.S_ISREG(mode):
+        kind = next((what for test, what in _SPECIAL_FILES if test(mode)), "a special file")
+        raise NotRegularFileError(f"is not a regular file ({kind})")
+
+
+def file_problem(exc: Exception) -> str:
+    """Why :func:`open_regular_file` failed, in a user's words (no path, no hint)."""
+    if isinstance(exc, NotRegularFileError):
+        return str(exc)
+    if isinstance(exc, ValueError):  # a NUL byte in the path
+        return f"not a valid path ({_why(exc)})"
+    code = getattr(exc, "errno", None)
+    if code == errno.EISDIR:
+        return "is a folder"
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return "no such file"
+    if code == errno.ENAMETOOLONG:
+        return "the path is too long for the file system"
+    return f"cannot read the file ({getattr(exc, 'strerror', None) or _why(exc)})"
+
+
 @contextlib.contextmanager
 def _open_file(path: Path, name: str):
     """The photo file opened for reading, or a one-line error saying why it cannot be."""
-    if path.is_dir():
-        raise ImageError(f"{name}: is a folder, not a photo; give the photos in it")
-    if not path.exists():
-        raise ImageError(f"{name}: no such file; check the path")
     try:
-        stream = path.open("rb")
-    except OSError as exc:
-        raise ImageError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
+        stream = open_regular_file(path)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{name}: {_photo_problem(exc)}") from None
     with stream:
         if os.fstat(stream.fileno()).st_size == 0:
             raise ImageError(f"{name}: empty file (0 bytes), not an image")
         yield stream
+
+
+def _photo_problem(exc: Exception) -> str:
+    problem = file_problem(exc)
+    if isinstance(exc, NotRegularFileError):
+        return f"{problem}, so it cannot be a photo; give the photo file itself"
+    if getattr(exc, "errno", None) == errno.EISDIR:
+        return f"{problem}, not a photo; give the photos in it"
+    if getattr(exc, "errno", None) == errno.ENAMETOOLONG:
+        return f"{problem}; check it, or move the photo to a shorter path"
+    if problem.startswith("cannot read"):
+        return problem
+    return f"{problem}; check the path"
 
 
 def _decode(stream: IO[bytes], name: str, max_pixels: int) -> Image.Image:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
+from numbers import Rational
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from cropper.boxes import Box, Size
 from cropper.errors import ConfigError
@@ -50,34 +53,66 @@ class Ratio:
     text: str
 
 
+#: The most extreme ratio taken, as width over height (1000:1), and its inverse (1:1000).
+#: Beyond them a crop is a strip a pixel thin even of a very large photo, or none at all.
+MAX_RATIO = 1000
+
+
 def parse_ratio(ratio: Any) -> Ratio:
-    """Read ``"16:9"``, ``"16/9"``, ``"1.78"``, ``1.78`` or ``(16, 9)`` as a ratio."""
-    value: float | None = None
+    """Read ``"16:9"``, ``"16/9"``, ``"1.78"``, ``1.78`` or ``(16, 9)`` as a ratio.
+
+    Raises :class:`ConfigError` for anything else, and for a ratio beyond 1:1000 or 1000:1
+    (:data:`MAX_RATIO`).
+    """
     if isinstance(ratio, Ratio):
         return ratio
-    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
-        value = float(ratio)
-    elif isinstance(ratio, (tuple, list)) and len(ratio) == 2:
-        try:
-            value = float(ratio[0]) / float(ratio[1])
-        except (TypeError, ValueError, ZeroDivisionError):
-            value = None
-    elif isinstance(ratio, str):
-        match = re.fullmatch(r"\s*([0-9.]+)\s*(?:[:/x]\s*([0-9.]+))?\s*", ratio)
-        if match:
-            try:
-                den = float(match.group(2)) if match.group(2) else 1.0
-                value = float(match.group(1)) / den
-            except (ValueError, ZeroDivisionError):
-                value = None
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"aspect ratio {ratio!r} is not valid: write it as W:H, e.g. '16:9'")
-    text = (
-        ratio.strip()
-        if isinstance(ratio, str)
-        else (f"{ratio[0]}:{ratio[1]}" if isinstance(ratio, (tuple, list)) else f"{value:g}")
-    )
-    return Ratio(value, text)
+    exact: Fraction | None = None
+    try:  # exactly, so that no size of number overflows
+        if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+            exact = _exact(ratio)
+        elif isinstance(ratio, (tuple, list)) and len(ratio) == 2:
+            exact = _exact(ratio[0]) / _exact(ratio[1])
+        elif isinstance(ratio, str):
+            match = re.fullmatch(r"\s*([0-9.]+)\s*(?:[:/x]\s*([0-9.]+))?\s*", ratio)
+            if match:
+                exact = _exact(match.group(1)) / _exact(match.group(2) or "1")
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):  # Overflow: infinity
+        exact = None
+    if exact is None or exact <= 0:
+        raise ConfigError(
+            f"aspect ratio {_shown(ratio)} is not valid: write it as W:H, e.g. '16:9'"
+        )
+    if not Fraction(1, MAX_RATIO) <= exact <= MAX_RATIO:
+        raise ConfigError(
+            f"aspect ratio {_shown(ratio)} is too extreme to crop: use one from 1:1000 to "
+            "1000:1 (width:height)"
+        )
+    value = float(exact)
+    return Ratio(value, _ratio_text(ratio, value))
+
+
+def _ratio_text(ratio: Any, value: float) -> str:
+    """The ratio as the user wrote it, unless that is very long (then as a number)."""
+    try:
+        if isinstance(ratio, str):
+            text = ratio.strip()
+        elif isinstance(ratio, (tuple, list)):
+            text = f"{ratio[0]}:{ratio[1]}"
+        else:
+            text = f"{value:g}"
+    except ValueError:  # an integer past Python's digit limit
+        text = ""
+    return text if 0 < len(text) <= 40 else f"{value:g}"
+
+
+def _exact(number: Any) -> Fraction:
+    """A number (or its text) as an exact fraction.
+
+    Raises ``ValueError`` for NaN or text that is no number, ``OverflowError`` for infinity.
+    """
+    if isinstance(number, (str, Rational)):
+        return Fraction(number)
+    return Fraction(float(number))
 
 
 @dataclass(frozen=True)
@@ -104,31 +139,81 @@ def subject_from_spec(spec: Any, size: Size) -> Subject | str | None:
         numbers = _numbers(spec)
         if numbers is not None:
             return subject_from_spec(tuple(numbers), size)
-        if Path(spec).suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}:
-            if not Path(spec).is_file():
-                raise ConfigError(f"subject mask {spec} does not exist")
-            with Image.open(spec) as mask:
-                return _from_mask(np.asarray(mask.convert("L")), size, spec)
+        if Path(spec).suffix.lower() in MASK_SUFFIXES:
+            return _from_mask_file(spec, size)
         return spec.strip() or None
     if isinstance(spec, Image.Image):
         return _from_mask(np.asarray(spec.convert("L")), size, "mask image")
     if isinstance(spec, np.ndarray) and spec.ndim == 2:
         return _from_mask(spec, size, "mask array")
     if isinstance(spec, (tuple, list)) and len(spec) in (2, 4):
-        values = [float(v) for v in spec]
+        try:
+            values = [float(v) for v in spec]
+        except (TypeError, ValueError, OverflowError):
+            values = [math.nan]
         if not all(math.isfinite(v) and 0 <= v <= 1 for v in values):
             raise ConfigError(
-                f"subject {tuple(spec)} must be in normalized coordinates from 0 to 1 "
-                "(x, y) or (x0, y0, x1, y1)"
+                f"subject {_shown(tuple(spec))} must be numbers from 0 to 1, in normalized "
+                "coordinates: a point (x, y) or a box (x0, y0, x1, y1)"
             )
         if len(values) == 2:
             return Subject((values[0], values[1]), source="point")
         box = Box(*values)
         return Subject(box.center, box, source="box")
     raise ConfigError(
-        f"subject {spec!r} not understood: give a point (x, y), a box (x0, y0, x1, y1), "
+        f"subject {_shown(spec)} not understood: give a point (x, y), a box (x0, y0, x1, y1), "
         "a mask, or a text phrase"
     )
+
+
+#: File suffixes that make a ``subject`` string a mask file rather than a phrase.
+MASK_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+
+def _from_mask_file(path: str, size: Size) -> Subject:
+    """The subject of a mask file, or a one-line :class:`ConfigError` naming the file."""
+    from cropper.images import NotRegularFileError, file_problem, open_regular_file, shorten_path
+
+    shown = shorten_path(path)
+    hint = "give a mask image (white subject on black) of the photo's size"
+    try:
+        stream = open_regular_file(path)
+    except (OSError, ValueError) as exc:
+        problem = file_problem(exc)
+        if problem == "no such file":
+            problem = "does not exist"
+        elif isinstance(exc, NotRegularFileError) or getattr(exc, "errno", 0) == errno.EISDIR:
+            problem = f"{problem}, not a mask image"
+        raise ConfigError(f"subject mask {shown}: {problem}; {hint}") from None
+    try:
+        with stream, Image.open(stream) as mask:
+            _check_mask_size(mask.size, size, shown)  # from the header: nothing large decoded
+            pixels = np.asarray(mask.convert("L"))
+    except ConfigError:
+        raise
+    except UnidentifiedImageError:
+        raise ConfigError(f"subject mask {shown}: not an image Pillow can read; {hint}") from None
+    except Exception as exc:  # decoders fail in many ways on bad files
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"subject mask {shown}: cannot decode it ({why}); {hint}") from None
+    return _from_mask(pixels, size, shown)
+
+
+def _check_mask_size(mask_size: Size, size: Size, name: str) -> None:
+    if tuple(mask_size) != tuple(size):
+        raise ConfigError(
+            f"{name}: the subject mask is {mask_size[0]}x{mask_size[1]} but the photo is "
+            f"{size[0]}x{size[1]}; give a mask of the photo's size"
+        )
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut short (a huge integer has no repr at all)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's digit limit
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _numbers(text: str) -> list[float] | None:
@@ -141,11 +226,7 @@ def _numbers(text: str) -> list[float] | None:
 
 
 def _from_mask(mask: np.ndarray, size: Size, name: str) -> Subject:
-    if mask.shape[::-1] != tuple(size):
-        raise ConfigError(
-            f"{name}: the subject mask is {mask.shape[1]}x{mask.shape[0]} but the photo is "
-            f"{size[0]}x{size[1]}; give a mask of the photo's size"
-        )
+    _check_mask_size((mask.shape[1], mask.shape[0]), size, name)
     ys, xs = np.nonzero(mask > (mask.max() / 2 if mask.dtype != bool else 0))
     if len(xs) == 0:
         raise ConfigError(f"{name}: the subject mask is empty")

@@ -94,7 +94,7 @@ def evaluate_scores(truths: TruthSet, predictions_path: str | os.PathLike) -> di
             )
         for value in scores:
             if not _finite_number(value):
-                raise _Unusable(f"score {value!r} is not a finite number")
+                raise _Unusable(f"score {_shown(value)} is not a finite number")
         try:
             return metrics.photo_score_metrics(truth.scores, scores)
         except ValueError as exc:
@@ -187,6 +187,9 @@ def _read_lines(truths: TruthSet, path: Path, problems: _Problems) -> dict[Groun
         except ValueError as exc:
             problems.skip(f"{where}: not JSON ({exc})")
             continue
+        except RecursionError:  # deeper than Python's parser goes (no prediction is)
+            problems.skip(f"{where}: not JSON that can be read (nested too deeply)")
+            continue
         image = obj.get("image") if isinstance(obj, dict) else None
         if isinstance(image, int) and not isinstance(image, bool):  # FCDB's Flickr photo id
             image = str(image)
@@ -216,7 +219,7 @@ def _size(truths: TruthSet, line: _Line, finder: PhotoFinder | None) -> Size:
 
     truth, given = line.truth, line.obj.get("size")
     if given is not None and not _is_size(given):
-        raise _Unusable(f'"size" {given!r} is not [width, height] in pixels')
+        raise _Unusable(f'"size" {_shown(given)} is not [width, height] in pixels')
     try:
         photo = None
         if finder is not None:
@@ -241,7 +244,7 @@ def _size(truths: TruthSet, line: _Line, finder: PhotoFinder | None) -> Size:
 def _clipped(value: Any, size: Size) -> PixelBox:
     """A predicted ``[l, t, r, b]`` clipped to the photo; ``_Unusable`` if it is no box."""
     if not (isinstance(value, list) and len(value) == 4 and all(map(_finite_number, value))):
-        raise _Unusable(f'"box" {value!r} is not [left, top, right, bottom] in pixels')
+        raise _Unusable(f'"box" {_shown(value)} is not [left, top, right, bottom] in pixels')
     left, top, right, bottom = (float(v) for v in value)
     if not (left < right and top < bottom):
         raise _Unusable(f'"box" {value} is empty or inverted: need left < right, top < bottom')
@@ -271,7 +274,18 @@ def _result(
 
 
 def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits: beyond any float
+        return False
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut short for a one-line reason (JSON integers may run to 4,300 digits)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_size(value: Any) -> bool:

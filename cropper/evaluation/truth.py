@@ -169,11 +169,19 @@ def load_truth(
     )
     from retrieval.exemplars import first_few
 
-    if dataset in ("jsonl", "folder", "pro"):
-        return _from_exemplars(dataset, root, split, images)
-    annotations = read_annotations(dataset, root, split, images=images)
     folder = Path(root).expanduser()
     label = dataset_label(dataset, folder, split)
+    try:
+        if dataset in ("jsonl", "folder", "pro"):
+            return _from_exemplars(dataset, root, split, images)
+        annotations = read_annotations(dataset, root, split, images=images)
+    except (RecursionError, OverflowError) as exc:
+        # The loaders skip a damaged file or entry with its reason; these two they do not
+        # catch, so the whole set is refused here in one line rather than a traceback.
+        raise ExemplarIndexError(
+            f"{label}: an annotation file is damaged ({_damage(exc)}); check the dataset's "
+            "files (or download it again)"
+        ) from None
     total = len(annotations.records) + len(annotations.skipped)
     if not annotations.records:
         detail = first_few([f"{kind}: {name}" for kind, name in annotations.skipped])
@@ -200,6 +208,12 @@ def load_truth(
         ranked=dataset in RANKED_DATASETS,
         photos=photo_folder(dataset, folder, images),
     )
+
+
+def _damage(exc: RecursionError | OverflowError) -> str:
+    if isinstance(exc, RecursionError):
+        return "its JSON is nested too deeply to read"
+    return "it holds a number too large for a pixel or a score"
 
 
 def _from_exemplars(
