@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +15,16 @@ from typing import Any
 
 from cropper.components import DEFAULT
 from cropper.errors import ConfigError, CropperError
-from cropper.fileio import JsonLines, read_json_lines, save_image, write_text
+from cropper.fileio import (
+    FolderLock,
+    JsonLines,
+    atomic_path,
+    read_json_lines,
+    remove_stale_temporaries,
+    save_image,
+    write_text,
+)
+from cropper.images import shorten_path
 from cropper.tasks import TASKS
 
 log = logging.getLogger("cropper")
@@ -195,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 1 when any photo fell back (no valid box from the VLM, an assumed subject)",
     )
     crop.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another run is writing the same --out folder, wait for it instead of stopping",
+    )
+    crop.add_argument(
         "--redo",
         action="store_true",
         help="with --out a folder: crop every photo again, even those done, with this run's "
@@ -235,27 +251,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_crop(args: argparse.Namespace) -> int:
-    from cropper.inputs import expand_inputs, output_paths, writes_a_folder
+    from cropper.inputs import expand_inputs, output_paths, top_paths, writes_a_folder
 
     task = crop_task(args.task, ratio=args.ratio, subject=args.subject)
-    inputs = expand_inputs(args.images)
-    outputs = output_paths(inputs, args.out)
-    log_path = Path(args.out) / RESULTS if writes_a_folder(inputs, args.out, outputs) else None
-    if log_path is not None:
-        _check_settings(log_path.parent, _settings(args, task), redo=args.redo)
-    todo = _not_done(inputs, outputs, None if args.redo else log_path)
-    if len(todo) < len(inputs):
-        print(
-            f"cropper: {len(inputs) - len(todo)} photos already done in {log_path}", file=sys.stderr
-        )
-    cropper = cropper_from_args(args)
-    if log_path is not None:
-        _record_settings(log_path.parent, _settings(args, task), redo=args.redo)
+    inputs = _not_ours(expand_inputs(args.images), args.out, args.debug_dir)
+    top_k = args.top_k or 1
+    outputs = output_paths(inputs, args.out, top_k=top_k)  # every output checked before work
+    folder = Path(args.out) if writes_a_folder(inputs, args.out, outputs) else None
+    log_path = folder / RESULTS if folder is not None else None
     failures: list[str] = []
     fallbacks: list[str] = []
     with contextlib.ExitStack() as stack:
-        results_log = stack.enter_context(JsonLines(log_path)) if log_path else None
+        if folder is not None:
+            # One writer per folder; what a killed run left half-written goes.
+            stack.enter_context(FolderLock(folder, f"cropper crop --out {folder}", wait=args.wait))
+            remove_stale_temporaries(folder)
+            _check_settings(folder, _settings(args, task), redo=args.redo)
+        elif outputs[0] is not None:
+            _check_writable(outputs[0].parent, "-o")
+        if args.debug_dir:
+            _check_writable(Path(args.debug_dir), "--debug-dir")
+        todo = _not_done(inputs, outputs, None if args.redo else log_path)
+        if len(todo) < len(inputs):
+            done = len(inputs) - len(todo)
+            print(f"cropper: {done} photos already done in {log_path}", file=sys.stderr)
+        cropper = cropper_from_args(args)
         stack.callback(cropper.close)
+        if folder is not None:
+            _record_settings(folder, _settings(args, task), redo=args.redo)
+        results_log = stack.enter_context(JsonLines(log_path)) if log_path else None
         stream = cropper.crop_stream(
             [inputs[i].path for i in todo],
             task=task,
@@ -266,27 +290,36 @@ def run_crop(args: argparse.Namespace) -> int:
         )
         for position, result in stream:
             index = todo[position]
-            image, out = _shown(inputs[index].path), outputs[index]
+            item, out = inputs[index], outputs[index]
+            image = _shown(item.path)
             try:
                 if isinstance(result, CropperError):
                     if args.debug_dir and result.partial is not None:
-                        _write_debug(result.partial, Path(args.debug_dir), inputs[index].name)
+                        _write_debug(result.partial, Path(args.debug_dir), item.name)
                     raise result
                 if out is not None:
-                    for rank, extra in enumerate(result.top_images[1:], start=2):
-                        save_image(extra, out.with_name(f"{out.stem}.top{rank}{out.suffix}"))
-                    save_image(result.image, out)  # the crop last: its line says it is done
+                    # Fewer diverse crops than --top-k asks for may come back: zip, not strict.
+                    tops = zip(top_paths(out, top_k), result.top_images[1:], strict=False)
+                    for path, crop in [*tops, (out, result.image)]:  # the crop last: done
+                        _save(crop, path)
                 if args.debug_dir:
-                    _write_debug(result, Path(args.debug_dir), inputs[index].name)
+                    _write_debug(result, Path(args.debug_dir), item.name)
+            except StopRun:
+                raise
             except CropperError as exc:
-                failures.append(str(exc) if image in str(exc) else f"{image}: {exc}")
+                shown = shorten_path(image)  # a path of 4,000 characters stays one short line
+                named = image in str(exc) or shown in str(exc)
+                failures.append(str(exc) if named else f"{shown}: {exc}")
                 print(f"cropper: {failures[-1]}", file=sys.stderr)
                 continue
-            summary = {**result.to_json(top=(args.top_k or 1) > 1), "image": image}
+            summary = {**result.to_json(top=top_k > 1), "image": image, "name": item.name}
             if result.fallback:
                 fallbacks.append(f"{image}: {result.fallback}")
             if results_log is not None:
-                results_log.append(summary)
+                try:
+                    results_log.append(summary)
+                except OSError as exc:
+                    raise _write_error(exc, log_path) from None
             if args.json:
                 print(json.dumps(summary), flush=True)
             else:
@@ -303,6 +336,76 @@ def run_crop(args: argparse.Namespace) -> int:
     if fallbacks and args.strict and not failures:
         print("cropper: --strict: exit 1, as photos fell back", file=sys.stderr)
     return 1 if failures or (fallbacks and args.strict) else 0
+
+
+def _not_ours(inputs: list[Any], *folders: str | None) -> list[Any]:
+    """The inputs less what cropper wrote, when a folder holding it is given as input.
+
+    Photos in a folder below the given input folder that is this run's ``--out`` or
+    ``--debug-dir``, or any folder a cropper run writes (it holds a lock file), are crops
+    and overlays, not photos to crop. An ``--out`` that is the input folder itself is
+    left to the overwrite check, which refuses it.
+    """
+    from cropper.fetch import is_url
+    from cropper.fileio import LOCK_NAME
+
+    ours = {os.path.realpath(f) for f in folders if f and os.path.isdir(f)}
+
+    def written_by_cropper(item: Any) -> bool:
+        path = os.path.realpath(item.path)
+        depth = len(Path(item.name).parts) - 1  # folders between the input folder and it
+        folder = os.path.dirname(path)
+        for _ in range(depth):
+            if folder in ours or os.path.isfile(os.path.join(folder, LOCK_NAME)):
+                return True
+            folder = os.path.dirname(folder)
+        return False
+
+    return [i for i in inputs if is_url(i.path) or not written_by_cropper(i)]
+
+
+#: Writing errors that every photo would meet: the run stops rather than fail each alike.
+_SHARED_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _write_error(exc: OSError, path: Path | None) -> CropperError:
+    """A one-line error for a file that could not be written; stops the run when shared."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some space, or choose another --out"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "choose a folder you can write to"
+    else:
+        hint = "check the path"
+    kind = StopRun if exc.errno in _SHARED_WRITE_ERRORS else CropperError
+    return kind(f"cannot write {path} ({why}): {hint}")
+
+
+class StopRun(ConfigError):
+    """A failure every photo of the run would meet (a full disk): the run stops at once."""
+
+
+def _save(image: Any, path: Path) -> None:
+    try:
+        save_image(image, path)
+    except OSError as exc:
+        raise _write_error(exc, path) from None
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """Refuse, before any work, a folder that cannot be written (read-only, a file)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ".cropper-write-check"):
+            pass
+        (folder / ".cropper-write-check").unlink(missing_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{flag} {folder}: not a folder; choose a folder") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {folder} cannot be written ({exc.strerror or exc}): choose a folder you "
+            "can write to"
+        ) from None
 
 
 def crop_task(task: str | None, *, ratio: Any = None, subject: Any = None) -> str:
@@ -427,16 +530,15 @@ def _summary(what: str, items: Sequence[str], total: int) -> str:
 
 
 def _write_debug(result: Any, debug_dir: Path, name: str) -> None:
-    """``DIR/<photo name without suffix>/``, with prompt images shared by the whole run.
+    """``DIR/<photo name>/``, with prompt images shared by the whole run.
 
     ``result`` is a CropResult, or the PartialCrop of a photo that failed.
     """
     from cropper.debug import write_debug
 
     try:
-        write_debug(
-            result, debug_dir / Path(name).with_suffix(""), images=debug_dir / "prompt-images"
-        )
+        # The name with its suffix: x.jpg and x.png get folders of their own.
+        write_debug(result, debug_dir / name, images=debug_dir / "prompt-images")
     except OSError as exc:
         raise CropperError(f"cannot write the debug folder in {debug_dir} ({exc})") from None
 
@@ -478,18 +580,30 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
 
 
 def _not_done(inputs: Sequence[Any], outputs: Sequence[Path | None], log: Path | None) -> list[int]:
-    """Positions of the photos still to crop: those with no line in ``log`` and crop file."""
+    """Positions of the photos still to crop: those with no line in ``log`` and crop file.
+
+    A photo is known by its name under the input folder (``photos/a.jpg`` and
+    ``/abs/photos/a.jpg`` are the same photo), or, in lines of older runs, by its path.
+    """
     if log is None:
         return list(range(len(inputs)))
-    done = {str(r.get("image")) for r in read_json_lines(log)}
+    lines = read_json_lines(log)
+    names = {r["name"] for r in lines if isinstance(r.get("name"), str)}
+    paths = {str(r.get("image")) for r in lines if not isinstance(r.get("name"), str)}
     return [
         i
         for i, (item, out) in enumerate(zip(inputs, outputs, strict=True))
-        if not (_shown(item.path) in done and out is not None and out.exists())
+        if not (
+            (item.name in names or _shown(item.path) in paths) and out is not None and out.exists()
+        )
     ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 is printed escaped rather than stopping the run.
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -497,6 +611,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.run(args)
+    except BrokenPipeError:
+        # The reader went away (cropper crop ... | head -1): stop quietly, as Unix tools do.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CropperError as exc:
         print(f"cropper: error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,21 +75,35 @@ def read_json_lines(path: str | os.PathLike) -> list[dict]:
     data = target.read_bytes()
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
-        with open(target, "r+b") as handle:
-            handle.truncate(cut)
-        log.warning("%s: dropped a line torn by an interrupted run", target)
-        data = data[:cut]
+        if _is_json_object(data[cut:]):
+            # A whole line whose newline never came (an editor, or a kill between the two
+            # writes): it is kept, and given its newline so the next append starts afresh.
+            with open(target, "ab") as handle:
+                handle.write(b"\n")
+            data += b"\n"
+        else:
+            with open(target, "r+b") as handle:
+                handle.truncate(cut)
+            log.warning("%s: dropped a line torn by an interrupted run", target)
+            data = data[:cut]
     out = []
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
             record = None
         if isinstance(record, dict):
             out.append(record)
         elif line.strip():
             log.warning("%s:%d: not a JSON object; ignored", target, number)
     return out
+
+
+def _is_json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 class JsonLines:
@@ -110,3 +126,102 @@ class JsonLines:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: What :func:`atomic_path` names its temporary files: ``.NAME.RANDOM.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Remove the temporary files a killed run left in ``folder`` and below; how many.
+
+    Only names that :func:`atomic_path` makes are touched. Call it while holding the
+    folder's :class:`FolderLock`, so no live writer's temporary file is taken.
+    """
+    removed = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if _TEMPORARY.match(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+    if removed:
+        log.info("%s: removed %d temporary files an interrupted run left", folder, removed)
+    return removed
+
+
+#: The lock file in an output folder or bank while a run writes it.
+LOCK_NAME = ".cropper.lock"
+
+
+class FolderLock:
+    """One writer per folder: an exclusive lock on ``folder/.cropper.lock`` naming its holder.
+
+    The lock is the operating system's (``flock``), so a run killed by any signal releases
+    it at once and no stale lock is ever left to clear by hand; the file itself stays, with
+    the last holder's description. A second run is refused in one line naming the holder,
+    or waits for it when ``wait`` is true.
+
+        with FolderLock(out, "cropper crop --out OUT"):
+            ...
+    """
+
+    def __init__(self, folder: str | os.PathLike, command: str, *, wait: bool = False):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.command = command
+        self.wait = wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        from cropper.errors import ConfigError
+
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock to take, as before
+            log.debug("no fcntl here: %s is not locked", self.folder)
+            return self
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write in {self.folder} ({exc.strerror or exc}): choose another folder"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not self.wait:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise ConfigError(
+                    f"{self.folder} is being written by another run ({holder}); wait for it "
+                    "to finish, or add --wait to start when it does"
+                ) from None
+            log.warning("%s is being written by %s: waiting for it", self.folder, _read_holder(fd))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        holder = f"pid {os.getpid()} on {_host()}, {self.command}, since {since}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode("utf-8", errors="replace") + b"\n", 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 500, 0).decode("utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "a cropper run"
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname() or "this machine"

@@ -54,10 +54,14 @@ def expand_inputs(specs: Sequence[str]) -> list[Input]:
 
 
 def _from_list(path: Path) -> list[Input]:
+    # A list may well be a pipe (``@/dev/stdin``, ``@<(find ...)``): it is read as given.
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"@{path}: cannot read the list of photos ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"@{_shown_path(path)}: cannot read the list of photos ({why}); check its path"
+        ) from None
     paths = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return [Input(p, _url_name(p) if is_url(p) else Path(p).name) for p in paths]
 
@@ -73,6 +77,11 @@ def _url_name(url: str) -> str:
 
 
 def _from_folder(folder: Path) -> list[Input]:
+    # Files are taken by name, never opened here. A FIFO, socket or device with a photo's
+    # name is listed like any other, then fails alone as "not a regular file" when it is
+    # loaded (its type is checked before it is opened, so nothing waits on it): a user who
+    # names a folder expects each photo-named file in it to be cropped or reported, not
+    # silently left out.
     photos = sorted(
         Path(root, name)
         for root, _, names in os.walk(folder)
@@ -86,30 +95,82 @@ def _from_folder(folder: Path) -> list[Input]:
     return [Input(str(p), p.relative_to(folder).as_posix()) for p in photos]
 
 
+def _shown_path(path: Path | str) -> str:
+    """A path as messages show it, cut short when very long (the images module's rule)."""
+    from cropper.images import shorten_path
+
+    return shorten_path(str(path))
+
+
 def _is_photo(path: Path) -> bool:
     return path.suffix.lower() in PHOTO_SUFFIXES and not path.name.startswith(".")
 
 
-def output_paths(inputs: Sequence[Input], out: str | None) -> list[Path | None]:
+def output_paths(
+    inputs: Sequence[Input], out: str | None, *, top_k: int = 1
+) -> list[Path | None]:
     """Where each crop goes: ``out`` itself for one photo, else ``out/<name>``.
 
-    Refuses outputs that would overwrite an input photo or each other.
+    Checked before any work: every file the run would write (each crop, and with
+    ``top_k`` its ``NAME.top2.jpg`` ... beside it) has an image suffix, overwrites no
+    input photo, and is written by one photo only.
     """
     if out is None:
         return [None] * len(inputs)
     target = Path(out)
-    single = len(inputs) == 1 and not target.is_dir() and not out.endswith(os.sep)
-    paths = [target] if single else [target / i.name for i in inputs]
-    if len({os.path.realpath(p) for p in paths}) < len(paths):
+    try:
+        target.is_dir()
+    except OSError as exc:  # a name too long, say: stat itself fails
+        raise ConfigError(f"-o/--out {_shown_path(out)}: {exc.strerror or exc}; check it") from None
+    # One photo to a file name; a name with no suffix (or ending in /) is a folder, so
+    # ``cropper crop DIR --out OUT`` writes a folder even when DIR holds a single photo.
+    single = (
+        len(inputs) == 1
+        and not target.is_dir()
+        and not out.endswith(os.sep)
+        and bool(target.suffix)
+    )
+    if not single and target.exists() and not target.is_dir():
         raise ConfigError(
-            f"several photos share a file name, so their crops would overwrite each other in "
-            f"{target}; crop them in separate runs"
+            f"--out {out} is a file, and {len(inputs)} photos need a folder: choose a folder "
+            "for --out"
         )
-    photos = {os.path.realpath(i.path) for i in inputs}
-    for path in paths:
-        if os.path.realpath(path) in photos:
-            raise ConfigError(f"output {path} would overwrite an input photo; choose another -o")
+    paths = [target] if single else [target / i.name for i in inputs]
+    if single and target.suffix.lower() not in _saveable():
+        raise ConfigError(
+            f"-o {out}: the crop needs an image file name (.jpg, .png, .webp, ...), or a "
+            "folder ending in /"
+        )
+    written: dict[str, str] = {}  # every file the run writes: which photo writes it
+    for item, path in zip(inputs, paths, strict=True):
+        for extra in [path, *top_paths(path, top_k)]:
+            real = os.path.realpath(extra)
+            if real in written:
+                raise ConfigError(
+                    f"{extra} would be written for both {written[real]} and {item.path}; "
+                    "crop them in separate runs (or rename one)"
+                )
+            written[real] = item.path
+    photos = {os.path.realpath(i.path): i.path for i in inputs if not is_url(i.path)}
+    for real in written:
+        if real in photos:
+            raise ConfigError(
+                f"output {real} would overwrite the input photo {photos[real]}; choose "
+                "another -o/--out"
+            )
     return paths
+
+
+def _saveable() -> set[str]:
+    """The suffixes Pillow can save as (what cropper.fileio.save_image takes)."""
+    from PIL import Image
+
+    return {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
+def top_paths(path: Path, top_k: int) -> list[Path]:
+    """Where the 2nd to ``top_k``-th crops of a photo cropped to ``path`` are saved."""
+    return [path.with_name(f"{path.stem}.top{k}{path.suffix}") for k in range(2, top_k + 1)]
 
 
 def writes_a_folder(inputs: Sequence[Input], out: str | None, paths: Sequence[Path | None]) -> bool:

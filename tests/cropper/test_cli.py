@@ -46,7 +46,7 @@ def test_json_lines_for_several_photos(server, photos, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["image"] for line in lines] == [str(p) for p in photos]
     for line, path in zip(lines, photos, strict=True):
-        assert set(line) == {"image", "task", "box", "score", "fallback", "notes"}
+        assert set(line) == {"image", "name", "task", "box", "score", "fallback", "notes"}
         assert line["task"] == "subject"
         left, top, right, bottom = line["box"]
         w, h = Image.open(path).size
@@ -63,7 +63,7 @@ def test_a_bad_photo_fails_alone(server, photos, tmp_path, capsys):
     code = run(server, photos[0], bad, missing, photos[1], "-o", out)
     captured = capsys.readouterr()
     assert code == 1
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.name for p in out.iterdir() if p.name != ".cropper.lock")
     assert written == ["p0.jpg", "p1.jpg", "results.jsonl", "settings.json"]
     logged = [json.loads(x)["image"] for x in (out / "results.jsonl").read_text().splitlines()]
     assert logged == [str(photos[0]), str(photos[1])]
@@ -77,7 +77,7 @@ def test_a_bad_photo_fails_alone(server, photos, tmp_path, capsys):
 
 def test_output_that_would_overwrite_an_input_is_refused(server, photos, capsys):
     assert run(server, photos[0], "-o", photos[0]) == 2
-    assert "would overwrite an input" in capsys.readouterr().err
+    assert "would overwrite the input photo" in capsys.readouterr().err
 
 
 def test_unreachable_server_is_one_clear_line(photos, capsys):
@@ -108,7 +108,7 @@ def test_photos_sharing_a_name_do_not_overwrite_each_other(server, photos, tmp_p
     twin = other / photos[0].name
     Image.new("RGB", (50, 50)).save(twin)
     assert run(server, photos[0], twin, "-o", tmp_path / "out") == 2
-    assert "share a file name" in capsys.readouterr().err
+    assert "would be written for both" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -232,10 +232,10 @@ def test_a_failed_photo_gets_a_debug_folder_with_its_trace(photos, tmp_path):
     debug = tmp_path / "debug"
     with OpenAICompatibleServer(faults=[Fault(status=400, message="prompt too long")]) as srv:
         assert run(srv, photos[0], "--debug-dir", debug, "--max-retries", "0") == 1
-    trace = json.loads((debug / "p0" / "trace.json").read_text())
+    trace = json.loads((debug / "p0.jpg" / "trace.json").read_text())
     assert "prompt too long" in trace["error"] and trace["image"] == str(photos[0])
     assert [r["stage"] for r in trace["rounds"]] == ["propose"]
-    assert (debug / "p0" / "round-0-propose" / "prompt.txt").is_file()
+    assert (debug / "p0.jpg" / "round-0-propose" / "prompt.txt").is_file()
 
 
 def test_model_and_no_structured_outputs_reach_the_server(photos):

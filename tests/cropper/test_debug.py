@@ -101,11 +101,12 @@ def test_cli_debug_dir_per_photo_with_shared_prompt_images_and_no_api_key(tmp_pa
              "--head", "none", "--index", "none", "--debug-dir", str(debug)]
         )  # fmt: skip
     assert code == 0
-    assert (debug / "a" / "trace.json").is_file() and (debug / "sub" / "b" / "trace.json").is_file()
-    assert (debug / "prompt-images").is_dir() and not (debug / "a" / "images").exists()
-    prompt = json.loads((debug / "sub" / "b" / "round-0-propose" / "prompt.json").read_text())
+    a, b = debug / "a.jpg", debug / "sub" / "b.png"  # a folder a photo, named as the photo
+    assert (a / "trace.json").is_file() and (b / "trace.json").is_file()
+    assert (debug / "prompt-images").is_dir() and not (a / "images").exists()
+    prompt = json.loads((b / "round-0-propose" / "prompt.json").read_text())
     image = next(p["file"] for m in prompt for p in m["content"] if p["type"] == "image")
-    assert (debug / "sub" / "b" / "round-0-propose" / image).resolve().parent == (
+    assert (b / "round-0-propose" / image).resolve().parent == (
         debug / "prompt-images"
     ).resolve()
     for path in debug.rglob("*"):
