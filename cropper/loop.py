@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 from collections import Counter
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,12 @@ log = logging.getLogger(__name__)
 DEFAULT = components.DEFAULT
 #: Photos a batch takes through the loop together when no concurrency is given.
 DEFAULT_CHUNK = 16
+#: The most pixels of photos a batch holds decoded at once (4 bytes a pixel or so, while
+#: loading): a chunk closes early when its photos reach this share, so 16 photos of 144
+#: megapixels go through a few at a time instead of taking 14 GB together.
+PIXELS_IN_FLIGHT = 400_000_000
+#: What a photo whose size cannot be read ahead (a URL) counts for.
+UNKNOWN_PIXELS = 12_000_000
 
 
 @dataclass(frozen=True)
@@ -306,17 +313,17 @@ class Cropper:
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise ConfigError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
         size = concurrency or DEFAULT_CHUNK
-        chunks = [range(s, min(s + size, len(images))) for s in range(0, len(images), size)]
+        # A server gets two chunks at once: one is served while the other's next round is
+        # prepared. In-process backends compute in the calling thread: one at a time.
+        lanes = 2 if hasattr(self.vlm, "max_concurrency") and len(images) > 1 else 1
+        chunks = chunk_photos(images, size, PIXELS_IN_FLIGHT // lanes)
 
-        def run(positions: range) -> Iterator[tuple[int, CropResult | CropperError]]:
+        def run(positions: list[int]) -> Iterator[tuple[int, CropResult | CropperError]]:
             if self._no_vlm is not None:
                 return self._crop_each_without_vlm(images, positions, task, subject, ratio, cfg)
             steps = {i: self._steps(images[i], task, subject, ratio, cfg) for i in positions}
             return drive_many(steps, self._server)
 
-        # A server gets two chunks at once: one is served while the other's next round is
-        # prepared. In-process backends compute in the calling thread: one at a time.
-        lanes = 2 if hasattr(self.vlm, "max_concurrency") and len(chunks) > 1 else 1
         with _in_flight(self.vlm, concurrency), _progress_bar(len(images), progress) as bar:
             for i, result in pipelined(chunks, run, lanes):
                 bar.update(1)
@@ -325,7 +332,7 @@ class Cropper:
     def _crop_each_without_vlm(
         self,
         images: Sequence[ImageInput],
-        positions: range,
+        positions: list[int],
         task: str,
         subject: Any,
         ratio: Any,
@@ -617,9 +624,10 @@ class Cropper:
             {
                 "photo": PromptPhoto(
                     fit_to_budget(
-                        photo.crop(c.box.to_pixels(photo.size)),
+                        photo,
                         budget_from_spec(cfg.pixel_budget),
                         cfg.candidate_side,
+                        region=c.box.to_pixels(photo.size),
                     )
                 ),
                 "box": c.box,
@@ -689,6 +697,51 @@ class Cropper:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def chunk_photos(
+    images: Sequence[ImageInput], size: int, max_pixels: int
+) -> Iterator[list[int]]:
+    """Positions of ``images`` in chunks of at most ``size`` photos and ``max_pixels`` pixels.
+
+    A photo larger than ``max_pixels`` goes alone. Sizes are read from file headers as the
+    chunks are taken, so a folder of thousands is not read ahead.
+    """
+    chunk: list[int] = []
+    pixels = 0
+    for i, image in enumerate(images):
+        n = photo_pixels(image)
+        if chunk and (len(chunk) >= size or pixels + n > max_pixels):
+            yield chunk
+            chunk, pixels = [], 0
+        chunk.append(i)
+        pixels += n
+    if chunk:
+        yield chunk
+
+
+def photo_pixels(image: ImageInput) -> int:
+    """The pixels a photo will have decoded, from its header; a guess where none is read."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.width * image.height
+    if isinstance(image, np.ndarray):
+        return int(np.prod(image.shape[:2])) if image.ndim >= 2 else UNKNOWN_PIXELS
+    try:
+        if isinstance(image, (bytes, bytearray)):
+            import io
+
+            with Image.open(io.BytesIO(image)) as opened:
+                return opened.width * opened.height
+        if isinstance(image, (str, Path)) and not is_url(str(image)):
+            if not os.path.isfile(image):  # a FIFO or a folder is never opened here
+                return UNKNOWN_PIXELS
+            with Image.open(image) as opened:  # the header only
+                return opened.width * opened.height
+    except Exception:  # any: loading the photo will report what is wrong with it
+        return UNKNOWN_PIXELS
+    return UNKNOWN_PIXELS
 
 
 @contextlib.contextmanager

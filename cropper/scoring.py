@@ -10,6 +10,7 @@ with a one-time warning; the rest are re-weighted.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,9 +63,30 @@ class Weights:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        values = [getattr(self, t) for t in TERMS]
-        if not all(isinstance(v, (int, float)) and np.isfinite(v) and v >= 0 for v in values):
-            raise ConfigError(f"score weights must be finite and >= 0, got {self}")
+        bad = [t for t in TERMS if not _usable_weight(getattr(self, t))]
+        if bad:
+            raise ConfigError(
+                f"score weights must be finite numbers >= 0 (at most about 1e308), got "
+                f"{', '.join(f'{t}={_shown(getattr(self, t))}' for t in bad)}"
+            )
+
+
+def _usable_weight(value: Any) -> bool:
+    if not isinstance(value, (int, float)):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+    return math.isfinite(number) and number >= 0
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's digit limit
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 #: The paper's choice: aesthetics and area for free-form and subject-aware crops,
@@ -149,6 +171,9 @@ class Scorer:
     def active_weights(self, task: str) -> dict[str, float]:
         """The weighted terms this scorer can compute for ``task`` (area as the last resort).
 
+        Weights are relative, so they are given scaled by the largest one asked for (a
+        weighted mean means the same at any scale; ``1e308`` weights do not overflow).
+
         Without an aesthetic head, the aesthetic weight goes to the knowledge term (CLIP's
         sense of good composition) when there is one, else to the content term, so that the
         crops are not ranked by area alone. Each change is logged once.
@@ -172,6 +197,9 @@ class Scorer:
             )
         wanted = {t: float(getattr(self.weights[task], t)) for t in TERMS}
         wanted = {t: w for t, w in wanted.items() if w > 0}
+        if wanted:  # relative to the largest: the same at any scale, and no sum overflows
+            largest = max(wanted.values())
+            wanted = {t: w / largest for t, w in wanted.items()}
         reasons: list[str] = []
         if self.embedder is None and (set(_EMBEDDED) & set(wanted)):
             reasons.append(
@@ -266,7 +294,7 @@ class Scorer:
             if not needs[i]:
                 continue
             first = len(images)
-            images += [image.crop(box.to_pixels(image.size)) for box in boxes]
+            images += [scoring_crop(image, box) for box in boxes]
             whole_row = -1
             if wants_whole[i] and given is not None:
                 whole = np.asarray(given, dtype=np.float64).reshape(-1)
@@ -292,6 +320,28 @@ class Scorer:
             if whole_row >= 0:
                 whole_of[i] = out[whole_row]
         return crops_of, whole_of
+
+
+#: The longest side a crop is embedded from: several times any embedder's input (224 to
+#: 518 px), so nothing it sees is lost, while a crop of a 12000-px photo costs no 200 MB.
+SCORING_SIDE = 1024
+
+
+def scoring_crop(image: Image.Image, box: Box) -> Image.Image:
+    """The crop of ``box`` as the embedder gets it: at most :data:`SCORING_SIDE` a side.
+
+    A large crop is resized straight from the photo's region (``resize(box=...)``), so its
+    full-resolution pixels are never copied out.
+    """
+    from PIL import Image as PILImage
+
+    left, top, right, bottom = box.to_pixels(image.size)
+    w, h = right - left, bottom - top
+    if max(w, h) <= SCORING_SIDE:
+        return image.crop((left, top, right, bottom))
+    scale = SCORING_SIDE / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image.resize(size, PILImage.Resampling.BICUBIC, box=(left, top, right, bottom))
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -122,7 +122,11 @@ def sent_size(size: Size, budget: PixelBudget | None, max_side: int | None = Non
 
 
 def fit_to_budget(
-    image: Image.Image, budget: PixelBudget | None, max_side: int | None = None
+    image: Image.Image,
+    budget: PixelBudget | None,
+    max_side: int | None = None,
+    *,
+    region: tuple[int, int, int, int] | None = None,
 ) -> Image.Image:
     """The photo as it should be sent: scaled so the model's processor leaves it as it is.
 
@@ -131,8 +135,17 @@ def fit_to_budget(
     multiple of ``budget.factor`` (so the longer side may end up to ``factor / 2``
     past ``max_side``), its pixels within the budget. ``budget=None`` is the plain fit.
     A strip longer than :data:`MAX_SENT_ASPECT` times its width is stretched across to
-    that (:func:`within_aspect`), so that any photo or crop can be sent.
+    that (:func:`within_aspect`), so that any photo or crop can be sent. ``region``
+    (pixels ``left, top, right, bottom``) sends that crop of the photo instead.
     """
+    if region is not None:
+        # A crop of the photo, resized straight from its region: a crop of a large photo
+        # is never copied out at full resolution first.
+        left, top, right, bottom = region
+        target = sent_size((right - left, bottom - top), budget, max_side)
+        if target == (right - left, bottom - top):
+            return image.crop(region)
+        return image.resize(target, Image.Resampling.BICUBIC, box=region)
     target = sent_size(image.size, budget, max_side)  # one resize for all of it
     if target == image.size:
         return image

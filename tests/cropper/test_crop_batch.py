@@ -186,3 +186,21 @@ def test_a_pixel_budget_sends_model_sized_photos_and_maps_boxes_back() -> None:
 def test_an_unknown_pixel_budget_is_refused_when_the_cropper_is_made() -> None:
     with pytest.raises(ConfigError, match="unknown pixel budget 'qwen9'"):
         Cropper(vlm=BatchRecorder(), clip=None, head=None, index=None, pixel_budget="qwen9")
+
+
+def test_photos_in_flight_are_bounded_by_their_pixels(monkeypatch, tmp_path) -> None:
+    """Large photos go through a few at a time: a chunk closes at PIXELS_IN_FLIGHT."""
+    import cropper.loop
+
+    monkeypatch.setattr(cropper.loop, "PIXELS_IN_FLIGHT", 350_000)
+    paths = []
+    for i, side in enumerate([400, 400, 400, 600, 200, 200]):  # 160k, 160k, 160k, 360k, 40k
+        path = tmp_path / f"p{i}.png"
+        Image.new("RGB", (side, side), (10 * i, 90, 150)).save(path)
+        paths.append(path)
+    vlm = BatchRecorder()
+    cropper = Cropper(vlm=vlm, clip=None, head=None, index=None, refine_rounds=0)
+    results = cropper.crop_batch(paths)  # sizes are read from the files' headers
+    assert all(not isinstance(r, Exception) for r in results)
+    # Two 400 px photos fit the budget, the 600 px one goes alone, the small ones together.
+    assert vlm.batches == [2, 1, 1, 2]
