@@ -183,7 +183,9 @@ class FolderLock:
             return self
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            # Close-on-exec: no program this run starts holds the lock after it is gone.
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(self.path, flags, 0o666 & ~_UMASK)
         except OSError as exc:
             raise ConfigError(
                 f"cannot write in {self.folder} ({exc.strerror or exc}): choose another folder"
@@ -205,12 +207,35 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode("utf-8", errors="replace") + b"\n", 0)
         self._fd = fd
+        _HELD_LOCKS.add(fd)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            _HELD_LOCKS.discard(self._fd)
             os.close(self._fd)  # closing releases the lock
             self._fd = None
+
+
+#: Descriptors of the locks this process holds.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker, say), close the parent's lock descriptors.
+
+    An flock lasts while any process keeps its file open: a run killed with kill -9
+    would otherwise stay "running" until its orphaned children exit. Closing (never
+    unlocking) the child's copies leaves the parent's lock as it is.
+    """
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def _read_holder(fd: int) -> str:

@@ -54,6 +54,11 @@ def add_index_commands(commands: Any) -> None:
         "--workers", type=int, default=None, help="processes that decode photos (default: up to 4)"
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another build is writing the same --out bank, wait for it instead of stopping",
+    )
     build.set_defaults(run=run_build)
 
     merge = actions.add_parser(
@@ -94,25 +99,27 @@ def _refuse_overwriting_the_input(root: str, out: str) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from retrieval.datasets import load_dataset
     from retrieval.embedder import load_embedder
-    from retrieval.index import ExemplarIndex
+    from retrieval.index import ExemplarIndex, bank_lock
 
     _refuse_overwriting_the_input(args.root, args.out)
     exemplars = load_dataset(args.dataset, args.root, args.split, images=args.images)
-    embedder = load_embedder(args.clip, batch_size=args.batch_size)
-    start = time.perf_counter()
-    options: dict[str, Any] = {"index_type": args.index_type}
-    if args.workers is not None:
-        options["num_workers"] = args.workers
-    bank = ExemplarIndex.build(
-        exemplars,
-        embedder,
-        args.out,
-        batch_size=args.batch_size,
-        dataset=args.dataset,
-        split=args.split,
-        progress=not args.no_progress,
-        **options,
-    )
+    # One build a bank: a second is refused (or waits) before it loads the embedder.
+    with bank_lock(args.out, f"cropper index build --out {args.out}", wait=args.wait):
+        embedder = load_embedder(args.clip, batch_size=args.batch_size)
+        start = time.perf_counter()
+        options: dict[str, Any] = {"index_type": args.index_type}
+        if args.workers is not None:
+            options["num_workers"] = args.workers
+        bank = ExemplarIndex.build(
+            exemplars,
+            embedder,
+            args.out,
+            batch_size=args.batch_size,
+            dataset=args.dataset,
+            split=args.split,
+            progress=not args.no_progress,
+            **options,
+        )
     seconds = time.perf_counter() - start
     summary = {
         "bank": str(args.out),

@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import re
+import reprlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,10 @@ from retrieval.exemplars import (
 )
 
 log = logging.getLogger(__name__)
+
+#: What a damaged annotation raises while it is read: bad values, a number too large for a
+#: float (a 400-digit integer), JSON nested too deep. Each is that entry's or file's fault.
+_BAD_DATA = (ValueError, OverflowError, RecursionError)
 
 PixelBox = tuple[float, float, float, float]
 PathLike = str | os.PathLike
@@ -249,7 +254,7 @@ def load_folder(
         try:
             record = _read_sidecar(sidecar)
             exemplars.append(parse_record({**record, "image": photo.name}, photo.parent))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:  # RecordError is a ValueError
+        except (OSError, UnicodeDecodeError, *_BAD_DATA) as exc:  # RecordError is a ValueError
             skipped.add(MALFORMED, f"{sidecar.relative_to(folder).as_posix()} ({exc})")
     return _finish(exemplars, skipped, len(photos), label, expected, "photos")
 
@@ -285,7 +290,7 @@ def load_pro(
         try:
             record = _read_sidecar(sidecar) if sidecar.is_file() else {}
             exemplars.append(_pro_exemplar(photo, size, record))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:  # RecordError is a ValueError
+        except (OSError, UnicodeDecodeError, *_BAD_DATA) as exc:  # RecordError is a ValueError
             skipped.add(MALFORMED, f"{sidecar.relative_to(folder).as_posix()} ({exc})")
     return _finish(exemplars, skipped, len(photos), label, expected, "photos")
 
@@ -366,7 +371,7 @@ def read_fcdb(root: PathLike, split: str | None = None) -> Annotations:
         for number, entry in enumerate(entries):
             try:
                 out.records.append(_fcdb_record(entry))
-            except ValueError as exc:
+            except _BAD_DATA as exc:
                 out.skipped.append((MALFORMED, f"{path.name} entry {number} ({exc})"))
     return out
 
@@ -399,7 +404,7 @@ def read_sacd(
             out.records.append(_sacd_record(folder / name, name, photos))
         except FileNotFoundError:
             out.skipped.append((MALFORMED, f"{name} (listed in {split}.json, no such file)"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, *_BAD_DATA) as exc:
             out.skipped.append((MALFORMED, f"{name} ({exc})"))
     return out
 
@@ -414,7 +419,7 @@ def _read_gaicd_official(folder: Path, split: str | None) -> Annotations:
         name = path.relative_to(annotations).with_suffix(".jpg").as_posix()
         try:
             crops, scores = _gaicd_lines(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, *_BAD_DATA) as exc:
             out.skipped.append((MALFORMED, f"{path.relative_to(folder).as_posix()} ({exc})"))
             continue
         out.records.append(
@@ -445,7 +450,7 @@ def _gaicd_lines(text: str) -> tuple[tuple[PixelBox, ...], tuple[float, ...]]:
                 continue
             crops.append(_pixel_box((x1, y1, x2, y2)))
             scores.append(mos)
-        except ValueError as exc:
+        except _BAD_DATA as exc:
             raise ValueError(f"line {number}: {exc}; expected y1 x1 y2 x2 MOS") from None
     if not crops:
         raise ValueError("no rated crop")
@@ -477,7 +482,7 @@ def _read_gaicd_json(folder: Path, split: str | None) -> Annotations:
             if name not in data:
                 raise ValueError("not in image_crop.json")
             crops, scores = _gaicd_entry(data[name])
-        except ValueError as exc:
+        except _BAD_DATA as exc:
             out.skipped.append((MALFORMED, f"{name} ({exc})"))
             continue
         record = Record(name, (name,), crops, scores, long_side=GAICD_LONG_SIDE)
@@ -551,7 +556,7 @@ def _sacd_record(path: Path, name: str, photos: Path) -> Record:
     raw = obj.get("mask_box")
     try:  # a JSON string in SACD's files; a plain list accepted too
         mask = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
+    except _BAD_DATA:
         mask = None
     if not _numbers(mask, 4) or mask[2] <= 0 or mask[3] <= 0:
         raise ValueError(f"mask_box {raw!r} is not [x, y, w, h] of the subject")
@@ -581,8 +586,10 @@ def _pixel_box(values: Any) -> PixelBox:
         if not isinstance(values, (list, tuple)):
             raise TypeError
         left, top, right, bottom = (float(v) for v in values)
+    except OverflowError:
+        raise ValueError(f"box {reprlib.repr(values)} holds a number too large") from None
     except (TypeError, ValueError):
-        raise ValueError(f"box {values!r} is not four numbers") from None
+        raise ValueError(f"box {reprlib.repr(values)} is not four numbers") from None
     # Comparisons are False for NaN, so NaN fails here too.
     if not (0 <= left < right < math.inf and 0 <= top < bottom < math.inf):
         raise ValueError(f"box {list(values)} is empty, negative or not finite")
@@ -821,7 +828,7 @@ def _no_split_or_images(dataset: str, split: str | None, images: Any, why: str) 
 def _read_json(path: Path, dataset: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, *_BAD_DATA) as exc:
         raise ExemplarIndexError(f"{dataset}: cannot read {path} ({exc})") from None
 
 

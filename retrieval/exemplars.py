@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,8 @@ def _parse_line(line: str, folder: Path) -> Exemplar:
         obj = json.loads(line)
     except ValueError as exc:
         raise RecordError(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise RecordError("JSON nested too deeply") from None
     return parse_record(obj, folder)
 
 
@@ -221,6 +224,10 @@ def parse_record(obj: Any, folder: Path) -> Exemplar:
         )
     except (ConfigError, TypeError, ValueError) as exc:
         raise RecordError(str(exc), name) from None
+    except OverflowError:  # an integer too large for a float (400 digits)
+        raise RecordError("a number too large", name) from None
+    except RecursionError:  # a value nested too deeply to show or check
+        raise RecordError("a value nested too deeply", name) from None
 
 
 def _pixel_boxes(values: Any, size: Size) -> tuple[Box, ...]:
@@ -229,7 +236,7 @@ def _pixel_boxes(values: Any, size: Size) -> tuple[Box, ...]:
     boxes = []
     for value in values:
         if not _numbers(value, 4):
-            raise ConfigError(f"crop {value!r} is not [left, top, right, bottom] in pixels")
+            raise ConfigError(f"crop {_shown(value)} is not [left, top, right, bottom] in pixels")
         try:
             boxes.append(Box.from_pixels(value, size))
         except ConfigError:
@@ -250,10 +257,17 @@ def _subject(value: Any, size: Size) -> Point | None:
     elif _numbers(value, 4):
         x, y = (value[0] + value[2]) / 2, (value[1] + value[3]) / 2
     else:
-        raise ConfigError(f"subject {value!r} is neither a pixel point [x, y] nor a box")
+        raise ConfigError(f"subject {_shown(value)} is neither a pixel point [x, y] nor a box")
     if not (0 <= x <= w and 0 <= y <= h):
         raise ConfigError(f"subject {value} lies outside the {w}x{h} photo")
     return x / w, y / h
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: cut short however long or deeply nested it is."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxlong, short.maxstring = 3, 6, 24, 40
+    return short.repr(value)
 
 
 def _numbers(value: Any, count: int) -> bool:

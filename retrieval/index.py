@@ -10,8 +10,9 @@ other when loaded:
   order of the vectors; photo paths absolute, or relative to the folder;
 - ``manifest.json``, written last: format version, embedder (spec, model,
   pretrained tag, preprocessing), dimension, count, source dataset and split,
-  creation time, index kind and parameters, and for HNSW its recall@30 against
-  exact search.
+  creation time, index kind and parameters, for HNSW its recall@30 against
+  exact search, and the SHA-256 of the other two files (``sha256``), so that a
+  bank whose vectors and rows come from different builds is refused when loaded.
 
 Embedding (batched, decoded in worker processes, resumable) is :mod:`retrieval.build`.
 faiss is imported when a bank is built or loaded, never at import time.
@@ -20,11 +21,12 @@ faiss is imported when a bank is built or loaded, never at import time.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +42,7 @@ from cropper.errors import (
     ExemplarIndexError,
     MissingDependencyError,
 )
-from cropper.fileio import atomic_path, write_text
+from cropper.fileio import FolderLock, atomic_path, remove_stale_temporaries, write_text
 from cropper.images import load_image
 from retrieval import ann
 from retrieval.build import DEFAULT_CHUNK_SIZE, PARTIAL_DIR, discard_partial, embed_exemplars
@@ -60,6 +62,8 @@ MANIFEST_FILE = "manifest.json"
 RECALL_AT = 30
 #: The faiss class each index kind loads as.
 _KIND_CLASSES = {"flat": "IndexFlat", "hnsw": "IndexHNSW"}
+#: The manifest key holding each other file's SHA-256 (banks written before it have none).
+CHECKSUMS = "sha256"
 
 
 def _rebuild(
@@ -172,7 +176,9 @@ class ExemplarIndex:
         :data:`retrieval.ann.HNSW_THRESHOLD` vectors); an HNSW bank's recall@30
         against exact search is measured and kept in ``manifest["recall_at_30"]``.
         Unreadable photos are skipped and reported in one warning. An existing bank
-        in ``out`` is replaced only once every embedding is made.
+        in ``out`` is replaced only once every embedding is made. Two builds must not
+        write one ``out`` at once: hold :func:`bank_lock` around it, as
+        ``cropper index build`` does.
         """
         exemplars = list(exemplars)
         if not exemplars:
@@ -209,7 +215,7 @@ class ExemplarIndex:
             manifest[f"recall_at_{RECALL_AT}"] = round(float(recall), 4)
         folder = Path(out)
         try:
-            write_bank(folder, index, kept, manifest)
+            manifest = write_bank(folder, index, kept, manifest)
         except OSError as exc:
             raise ExemplarIndexError(f"cannot write the exemplar bank to {folder}: {exc}") from None
         discard_partial(folder)  # only now: until the manifest is in, a rerun resumes
@@ -274,12 +280,13 @@ class ExemplarIndex:
             raise ExemplarIndexError(
                 f"{folder / MANIFEST_FILE}: bad index settings {params} ({exc}); {rebuild}"
             ) from None
-        exemplars = _read_exemplars(folder, rebuild)
+        exemplars, rows_digest = _read_exemplars(folder, rebuild)
         if len(exemplars) != count:
             raise ExemplarIndexError(
                 f"{folder / EXEMPLARS_FILE} has {len(exemplars)} exemplars but the manifest says "
                 f"{count}; {rebuild}"
             )
+        _check_sums(folder, manifest, rows_digest, rebuild)
         return cls(index, exemplars, manifest, folder=folder, embedder=embedder)
 
     # -- search ----------------------------------------------------------------
@@ -338,11 +345,13 @@ def _stored_path(image: str, folder: Path) -> str:
 
 def write_bank(
     folder: Path, index: Any, exemplars: list[Exemplar], manifest: dict[str, Any]
-) -> None:
-    """Write the three files, each atomically; the manifest goes last.
+) -> dict[str, Any]:
+    """Write the three files, each atomically; the manifest goes last. Returns the manifest.
 
     The old manifest is removed first, so a build stopped halfway leaves a folder
-    that :meth:`ExemplarIndex.load` refuses rather than a mix of two banks.
+    that :meth:`ExemplarIndex.load` refuses rather than a mix of two banks. The
+    manifest written records the SHA-256 of the index and exemplars files as they
+    were written, so files of two writers mixed in one folder are refused too.
     """
     faiss = _faiss()
     folder.mkdir(parents=True, exist_ok=True)
@@ -350,13 +359,49 @@ def write_bank(
         os.unlink(folder / MANIFEST_FILE)
     with atomic_path(folder / INDEX_FILE) as tmp:
         faiss.write_index(index, str(tmp))
+        index_digest = _file_sha256(tmp)
     lines = []
     for ex in exemplars:
         row = ex.to_json()
         row["image"] = _stored_path(ex.image, folder)
         lines.append(json.dumps(row, ensure_ascii=False))
-    write_text(folder / EXEMPLARS_FILE, "\n".join(lines) + "\n")
+    rows = ("\n".join(lines) + "\n").encode("utf-8")
+    with atomic_path(folder / EXEMPLARS_FILE) as tmp:
+        tmp.write_bytes(rows)
+    manifest = {
+        **manifest,
+        CHECKSUMS: {INDEX_FILE: index_digest, EXEMPLARS_FILE: hashlib.sha256(rows).hexdigest()},
+    }
     write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: The bank's own files; a writer killed mid-write leaves ``.NAME.*.tmp`` beside them.
+_BANK_FILES = (INDEX_FILE, EXEMPLARS_FILE, MANIFEST_FILE)
+
+
+@contextlib.contextmanager
+def bank_lock(
+    folder: str | os.PathLike, command: str, *, wait: bool = False
+) -> Iterator[FolderLock]:
+    """Hold the bank folder for one writer, then clear what a killed writer left there.
+
+    A second writer is refused in one line naming the holder (or, with ``wait``, waits
+    for it); see :class:`~cropper.fileio.FolderLock`. Once the lock is held, the
+    temporary files of the bank's own atomic writes (``.index.faiss.*.tmp`` and the
+    like, and any under ``.partial``) are removed: no live writer can own them.
+    """
+    with FolderLock(folder, command, wait=wait) as lock:
+        remove_stale_temporaries(folder)  # only names atomic writes make, .partial/ too
+        yield lock
 
 
 # -- loading -----------------------------------------------------------------------
@@ -437,10 +482,40 @@ def _index_params(folder: Path, manifest: dict[str, Any], index: Any, faiss: Any
     return params
 
 
-def _read_exemplars(folder: Path, rebuild: str) -> list[Exemplar]:
+#: What a damaged exemplars line may raise (RecursionError: JSON nested too deep).
+_ROW_ERRORS = (ConfigError, KeyError, TypeError, ValueError, ArithmeticError, RecursionError)
+
+
+def _check_sums(folder: Path, manifest: dict[str, Any], rows_digest: str, rebuild: str) -> None:
+    """The index and exemplars files are the ones the manifest was written with."""
+    sums = manifest.get(CHECKSUMS)
+    if sums is None:
+        return  # a bank written before checksums were kept
+    if not isinstance(sums, dict):
+        raise ExemplarIndexError(f"{folder / MANIFEST_FILE}: bad {CHECKSUMS!r}; {rebuild}")
+    other = "written by two builds at once, or a file was replaced or edited"
+    if sums.get(EXEMPLARS_FILE) != rows_digest:
+        raise ExemplarIndexError(
+            f"{folder / EXEMPLARS_FILE} is not the one the manifest was written with "
+            f"(SHA-256 differs): its rows may not match the vectors ({other}); {rebuild}"
+        )
+    try:
+        index_digest = _file_sha256(folder / INDEX_FILE)
+    except OSError as exc:
+        raise ExemplarIndexError(f"{folder / INDEX_FILE}: unreadable ({exc}); {rebuild}") from None
+    if sums.get(INDEX_FILE) != index_digest:
+        raise ExemplarIndexError(
+            f"{folder / INDEX_FILE} is not the one the manifest was written with "
+            f"(SHA-256 differs): its vectors may not match the rows ({other}); {rebuild}"
+        )
+
+
+def _read_exemplars(folder: Path, rebuild: str) -> tuple[list[Exemplar], str]:
+    """The exemplars, and the SHA-256 of the file they were read from."""
     path = folder / EXEMPLARS_FILE
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
+        lines = data.decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ExemplarIndexError(f"{path}: unreadable ({exc}); {rebuild}") from None
     exemplars = []
@@ -449,7 +524,7 @@ def _read_exemplars(folder: Path, rebuild: str) -> list[Exemplar]:
             continue
         try:
             ex = Exemplar.from_json(json.loads(line))
-        except (ConfigError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        except _ROW_ERRORS as exc:
             raise ExemplarIndexError(
                 f"{path}, line {number}: bad exemplar ({exc}); {rebuild}"
             ) from None
@@ -458,4 +533,4 @@ def _read_exemplars(folder: Path, rebuild: str) -> list[Exemplar]:
                 str(folder.resolve() / ex.image), ex.size, ex.crops, ex.scores, ex.subjects
             )
         exemplars.append(ex)
-    return exemplars
+    return exemplars, hashlib.sha256(data).hexdigest()

@@ -357,6 +357,25 @@ def test_sacd_malformed_annotations_are_collected(
 # -- a folder of photos with sidecars, and the JSONL --------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("[" * 100_000, "recursion"), ('{"crops": [[0, 0, 1' + "0" * 400 + ', 50]]}', "too large")],
+    ids=["nested-too-deep", "huge-number"],
+)
+def test_a_damaged_sidecar_is_skipped_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, why: str
+) -> None:
+    _photo(tmp_path / "a.jpg")
+    _json(tmp_path / "a.json", {"crops": [[0, 0, 100, 50]]})
+    _photo(tmp_path / "b.jpg")
+    (tmp_path / "b.json").write_text(text)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        [a] = load_folder(tmp_path)
+    assert Path(a.image).name == "a.jpg"
+    [warning] = [r.getMessage() for r in caplog.records if "b.json" in r.getMessage()]
+    assert why in warning and len(warning) < 600
+
+
 def test_folder_with_sidecars(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _photo(tmp_path / "a.jpg")
     _json(tmp_path / "a.json", {"crops": [[0, 0, 100, 50]], "scores": [4], "subject": [50, 25]})
