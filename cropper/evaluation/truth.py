@@ -176,8 +176,8 @@ def load_truth(
             return _from_exemplars(dataset, root, split, images)
         annotations = read_annotations(dataset, root, split, images=images)
     except (RecursionError, OverflowError) as exc:
-        # The loaders skip a damaged file or entry with its reason; these two they do not
-        # catch, so the whole set is refused here in one line rather than a traceback.
+        # The loaders skip a damaged file or entry with its reason, these two included; a
+        # loader that let one through still gets one line here, never a traceback.
         raise ExemplarIndexError(
             f"{label}: an annotation file is damaged ({_damage(exc)}); check the dataset's "
             "files (or download it again)"

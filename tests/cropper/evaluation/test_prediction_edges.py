@@ -76,30 +76,31 @@ def test_a_box_line_too_deep_or_too_large_is_skipped_and_the_rest_measured(
 
 # -- annotation files ----------------------------------------------------------------------
 
+GOOD_FCDB = {"flickr_photo_id": 2, "url": "http://x/2.jpg", "crop": [1, 2, 30, 40]}
+GOOD_GAICD = {"bbox": [[1, 2, 30, 40]], "score": [3.0]}
 
-def _fcdb(root: Path, text: str) -> None:
+
+def _fcdb(root: Path, bad: str) -> None:
     root.mkdir()
-    (root / "cropping_testing_set.json").write_text(text)
+    (root / "cropping_testing_set.json").write_text(f"[{bad}, {json.dumps(GOOD_FCDB)}]")
 
 
-def _gaicd(root: Path, text: str) -> None:
+def _gaicd(root: Path, bad: str) -> None:
     root.mkdir()
-    (root / "image_crop.json").write_text(text)
+    (root / "image_crop.json").write_text(f'{{"a.jpg": {bad}, "b.jpg": {json.dumps(GOOD_GAICD)}}}')
 
 
-def _sacd(root: Path, text: str) -> None:
+def _sacd(root: Path, bad: str) -> None:
     (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "x_1.json").write_text(text)
+    (root / "annotations" / "x_1.json").write_text(bad)
     good = {"best_box": [1, 2, 30, 40], "mask_box": "[1, 1, 2, 2]"}
     (root / "annotations" / "y_1.json").write_text(json.dumps(good))
 
 
-DAMAGED = [
-    ("fcdb", _fcdb, DEEP, "nested too deeply"),
-    ("fcdb", _fcdb, f'[{{"flickr_photo_id": 1, "crop": [1, 2, 3, {HUGE}]}}]', "too large"),
-    ("gaicd", _gaicd, '{"a.jpg": ' + DEEP, "nested too deeply"),
-    ("gaicd", _gaicd, f'{{"a.jpg": {{"bbox": [[1, 2, 3, {HUGE}]], "score": [3]}}}}', "too large"),
-    ("sacd", _sacd, '{"best_box": ' + DEEP, "nested too deeply"),
+DAMAGED_ENTRIES = [
+    ("fcdb", _fcdb, f'{{"flickr_photo_id": 1, "crop": [1, 2, 3, {HUGE}]}}', "too large"),
+    ("gaicd", _gaicd, f'{{"bbox": [[1, 2, 3, {HUGE}]], "score": [3]}}', "too large"),
+    ("sacd", _sacd, '{"best_box": ' + DEEP, "recursion"),
     ("sacd", _sacd, f'{{"best_box": [1, 2, 3, {HUGE}], "mask_box": "[1, 1, 2, 2]"}}',
      "too large"),
 ]  # fmt: skip
@@ -107,16 +108,28 @@ DAMAGED = [
 
 @pytest.mark.parametrize(
     ("dataset", "make", "text", "why"),
-    DAMAGED,
-    ids=[f"{d[0]}-{'deep' if d[2].endswith('[') else 'huge'}" for d in DAMAGED],
+    DAMAGED_ENTRIES,
+    ids=["fcdb-huge", "gaicd-huge", "sacd-deep", "sacd-huge"],
 )
-def test_a_damaged_annotation_file_is_one_line_naming_the_dataset(
-    tmp_path, dataset, make, text, why
+def test_a_damaged_annotation_is_skipped_with_its_reason_and_the_rest_load(
+    tmp_path, caplog, dataset, make, text, why
 ):
     root = tmp_path / dataset
     make(root, text)
-    with pytest.raises(ExemplarIndexError, match=why) as caught:
+    truth = load_truth(dataset, root)
+    assert len(truth) == 1  # the good one
+    [warning] = [r.getMessage() for r in caplog.records if "skipped 1 of 2" in r.getMessage()]
+    assert why in warning and "\n" not in warning
+
+
+@pytest.mark.parametrize(("dataset", "name"), [("fcdb", "cropping_testing_set.json"),
+                                               ("gaicd", "image_crop.json")])  # fmt: skip
+def test_an_annotation_file_nested_too_deep_is_one_line_naming_it(tmp_path, dataset, name):
+    root = tmp_path / dataset
+    root.mkdir()
+    (root / name).write_text(DEEP)
+    with pytest.raises(ExemplarIndexError) as caught:
         load_truth(dataset, root)
     message = str(caught.value)
-    assert message.startswith(f"{dataset} at {root}: an annotation file is damaged")
-    assert "\n" not in message and len(message) < 300
+    assert name in message and "recursion" in message
+    assert "\n" not in message and len(message) < 400

@@ -389,6 +389,10 @@ def test_a_mixed_batch_in_process_crops_every_photo(tiny_qwen3_vl, real_gaicd_ph
         "1x2000": Image.new("RGB", (1, 2000), (200, 30, 30)),
         "2000x1": Image.new("RGB", (2000, 1), (30, 200, 30)),
         "3x3": Image.new("RGB", (3, 3), (30, 30, 200)),
+        "1x1": Image.new("RGB", (1, 1), (90, 90, 90)),
+        "1x500": Image.new("RGB", (1, 500), (90, 30, 90)),
+        "500x1": Image.new("RGB", (500, 1), (30, 90, 90)),
+        "8:1 panorama": Image.new("RGB", (800, 100), (60, 60, 160)),
         "30000x10": Image.new("RGB", (30000, 10), (120, 120, 30)),
     }
     ordinary = {f"synthetic-{i}": synthetic_photo(i, size=(320, 240)) for i in range(2)}
@@ -413,4 +417,4 @@ def test_a_mixed_batch_in_process_crops_every_photo(tiny_qwen3_vl, real_gaicd_ph
         for c in result.candidates:
             assert Constraints(result.size).check(c.box) == "", (name, c)
     stretched = {n for n, r in zip(photos, results, strict=True) if "stretched" in str(r.notes)}
-    assert stretched == {"1x2000", "2000x1", "30000x10"}
+    assert stretched == {"1x2000", "2000x1", "30000x10", "1x500", "500x1"}
