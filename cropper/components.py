@@ -94,7 +94,7 @@ def make_embedder(clip: Any, index: Any = None) -> Any:
 
 def make_head(head: Any, embedder: Any) -> Any:
     """The aesthetic head, or ``None``; a default that cannot be had is left out, with a note."""
-    from cropper.head import AestheticHead, load_head
+    from cropper.head import AestheticHead, canonical_embedder, load_head
 
     if head is None or isinstance(head, AestheticHead):
         return head
@@ -103,14 +103,13 @@ def make_head(head: Any, embedder: Any) -> Any:
     spec = defaults.from_env(defaults.ENV_HEAD, None)
     if spec is not None:
         return load_head(spec)
-    if embedder is None or getattr(embedder, "name", None) != defaults.DEFAULT_CLIP:
-        log.info(
-            "no aesthetic head for embedder %s; pass head= to use one",
-            getattr(embedder, "name", None),
-        )
+    name = getattr(embedder, "name", None) if embedder is not None else None
+    spec = defaults.DEFAULT_HEADS.get(canonical_embedder(name) or "")
+    if spec is None:
+        log.info("no aesthetic head for embedder %s; pass head= to use one", name)
         return None
     try:
-        return load_head(defaults.DEFAULT_HEAD)
+        return load_head(spec)
     except CropperError as exc:
         log.warning("default aesthetic head unavailable (%s); scoring without it", exc)
         return None
@@ -119,6 +118,14 @@ def make_head(head: Any, embedder: Any) -> Any:
 def index_spec(index: Any) -> Any:
     """The bank an ``index=`` argument names: ``$CROPPER_INDEX`` for the default."""
     return defaults.from_env(defaults.ENV_INDEX, None) if index is DEFAULT else index
+
+
+def check_index(index: Any) -> None:
+    """Refuse, before any model loads, a bank folder that cannot be used (one line)."""
+    if isinstance(index, (str, Path)):
+        from retrieval.index import check_bank
+
+        check_bank(index)
 
 
 def make_index(index: Any, embedder: Any) -> Any:

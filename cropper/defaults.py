@@ -16,6 +16,19 @@ DEFAULT_CLIP = "ViT-L-14:openai"
 #: as TRL's DDPO example publishes it on the hub.
 DEFAULT_HEAD = "hf-hub:trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
 
+_LAION_V1 = "https://github.com/LAION-AI/aesthetic-predictor/raw/main/"
+
+#: The default aesthetic head per CLIP: the improved predictor for ViT-L/14, the
+#: LAION-Aesthetics predictor v1 (MIT, one linear layer) for ViT-B/32 and B/16, fetched
+#: from GitHub and pinned by SHA-256. Another CLIP gets no head unless one is given.
+DEFAULT_HEADS: dict[str, str] = {
+    "ViT-L-14:openai": DEFAULT_HEAD,
+    "ViT-B-32:openai": _LAION_V1 + "sa_0_4_vit_b_32_linear.pth"
+    "#sha256=c7b14cead230694acc7b9447974d3cad78003c72da032e402a303b6c2429e85f",
+    "ViT-B-16:openai": _LAION_V1 + "sa_0_4_vit_b_16_linear.pth"
+    "#sha256=8ad3923d7ecf019df20ecd2ab5542a3075fbba0278d239c0371345f3d7fcbde0",
+}
+
 ENV_VLM = "CROPPER_VLM"
 ENV_CLIP = "CROPPER_CLIP"
 ENV_HEAD = "CROPPER_HEAD"

@@ -5,11 +5,16 @@ Two formats load:
 - our own: ``x.safetensors`` with a JSON card ``x.json`` beside it (the card is also kept
   in the safetensors header), holding the :class:`HeadConfig` and free-form metadata;
 - the LAION improved-aesthetic-predictor ``.pth`` state dict (CLIP ViT-L/14, raw scores
-  roughly 1-10), read with ``torch.load(..., weights_only=True)``.
+  roughly 1-10), read with ``torch.load(..., weights_only=True)``;
+- the LAION-Aesthetics predictor v1 ``.pth`` (``weight`` and ``bias`` of one
+  ``Linear(dim, 1)`` over OpenAI CLIP ViT-B/32, B/16 or L/14 embeddings, the same 1-10
+  rating scale), read the same way. Which CLIP it reads comes from the file's SHA-256
+  (:data:`LAION_V1_HEADS`), else from its name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +35,7 @@ from cropper.weights import (
     pickled_weights_error,
     resolve_weights,
 )
+from retrieval.embedder import split_spec
 
 if TYPE_CHECKING:
     import torch
@@ -46,8 +52,61 @@ _HEADER_KEY = "cropper_head_card"  # the card, as JSON, in the safetensors heade
 _LAION_INDICES = (0, 2, 4, 6, 7)
 _LAION_WIDTHS = (1024, 128, 64, 16, 1)
 _LAION_EMBEDDER = "ViT-L-14:openai"
-_LAION_RANGE = (1.0, 10.0)
+_LAION_RANGE = (1.0, 10.0)  # LAION's 1-10 rating scale, for the v1 heads too
 _ACTIVATIONS = ("none", "relu")
+
+#: The published LAION-Aesthetics predictor v1 heads (github.com/LAION-AI/aesthetic-predictor,
+#: MIT) by SHA-256: file name and the CLIP whose embeddings each reads. B/32 and B/16 are both
+#: 512-d, so the file, not the width, tells which CLIP a head was made for.
+LAION_V1_HEADS: dict[str, tuple[str, str]] = {
+    "c7b14cead230694acc7b9447974d3cad78003c72da032e402a303b6c2429e85f": (
+        "sa_0_4_vit_b_32_linear.pth",
+        "ViT-B-32:openai",
+    ),
+    "8ad3923d7ecf019df20ecd2ab5542a3075fbba0278d239c0371345f3d7fcbde0": (
+        "sa_0_4_vit_b_16_linear.pth",
+        "ViT-B-16:openai",
+    ),
+    "2cd4e60f4f24ae3bcd57b847b13c1f3ba27edc28cc1a7f9ce74ee9f421243cba": (
+        "sa_0_4_vit_l_14_linear.pth",
+        "ViT-L-14:openai",
+    ),
+}
+# A v1 head whose hash is unknown (re-saved, retrained): its file name may still say.
+_V1_NAME_HINTS = {
+    "vit_b_32": "ViT-B-32:openai",
+    "vit_b_16": "ViT-B-16:openai",
+    "vit_l_14": "ViT-L-14:openai",
+}
+_CLIP_WIDTHS = {"ViT-B-32:openai": 512, "ViT-B-16:openai": 512, "ViT-L-14:openai": 768}
+
+#: Other names of the same embedder. transformers' OpenAI CLIPs embed images by
+#: ``get_image_features``: the projected embedding of the very weights open_clip loads as
+#: ``:openai``, with the same preprocessing, so a head made for one fits the other.
+EMBEDDER_ALIASES: dict[str, str] = {
+    "hf:openai/clip-vit-base-patch32": "ViT-B-32:openai",
+    "hf:openai/clip-vit-base-patch16": "ViT-B-16:openai",
+    "hf:openai/clip-vit-large-patch14": "ViT-L-14:openai",
+}
+
+
+def canonical_embedder(name: str | None) -> str | None:
+    """One spelling per embedder: ``hf:openai/clip-vit-base-patch32`` -> ``ViT-B-32:openai``.
+
+    open_clip specs are written ``MODEL:TAG`` with the model's ``/`` as ``-`` (``ViT-B/32``).
+    """
+    if not isinstance(name, str):
+        return None
+    name = EMBEDDER_ALIASES.get(name.strip(), name.strip())
+    if name.startswith("hf:"):
+        return name
+    model, tag = split_spec(name)
+    return f"{model}:{tag}" if tag else model
+
+
+def same_embedder(a: str | None, b: str | None) -> bool:
+    """Whether two embedder names give the same embeddings (see :data:`EMBEDDER_ALIASES`)."""
+    return a is not None and canonical_embedder(a) == canonical_embedder(b)
 
 
 @dataclass(frozen=True)
@@ -228,7 +287,7 @@ def load_head(spec: str | os.PathLike[str]) -> AestheticHead:
         return _load_laion(path)
     raise ConfigError(
         f"head {text!r}: unknown format {suffix or '(no suffix)'}: expected .safetensors "
-        "(with its .json card) or a LAION aesthetic-predictor .pth"
+        "(with its .json card) or a LAION aesthetic-predictor .pth (v1 or improved)"
     )
 
 
@@ -316,6 +375,8 @@ def _load_laion(path: Path) -> AestheticHead:
     ):
         found = _describe(state) if isinstance(state, Mapping) else type(state).__name__
         raise ConfigError(f"{path}: expected a dict of tensors (a state dict), found {found}")
+    if set(state) == {"weight", "bias"}:
+        return _load_laion_v1(path, state)
     first = state.get("layers.0.weight")
     in_dim = int(first.shape[1]) if first is not None and first.ndim == 2 else 768
     expected = _laion_shapes(in_dim)
@@ -340,6 +401,44 @@ def _load_laion(path: Path) -> AestheticHead:
         for p in ("weight", "bias")
     }
     metadata = {"format": "laion-improved-aesthetic-predictor", "raw_scale": "about 1-10"}
+    return AestheticHead(config, renamed, metadata=metadata, source=str(path))
+
+
+def _load_laion_v1(path: Path, state: Mapping[str, torch.Tensor]) -> AestheticHead:
+    """LAION-Aesthetics predictor v1: ``Linear(dim, 1)`` as ``weight`` (1, dim), ``bias`` (1,)."""
+    weight, bias = state["weight"], state["bias"]
+    if weight.ndim != 2 or weight.shape[0] != 1 or tuple(bias.shape) != (1,):
+        raise ConfigError(
+            f"{path} is not a LAION aesthetic-predictor v1 state dict (one Linear(dim, 1): "
+            f"weight (1, dim), bias (1,)): found weight {tuple(weight.shape)}, "
+            f"bias {tuple(bias.shape)}"
+        )
+    dim = int(weight.shape[1])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()  # a few kB
+    known, embedder = LAION_V1_HEADS.get(digest, (None, None))
+    if embedder is None:
+        name = path.name.lower().replace("-", "_")
+        embedder = next((e for hint, e in _V1_NAME_HINTS.items() if hint in name), None)
+        if embedder is not None and _CLIP_WIDTHS[embedder] != dim:
+            logger.info("%s: named for %s but reads %d-d embeddings", path, embedder, dim)
+            embedder = None
+        if embedder is None and dim == _CLIP_WIDTHS[_LAION_EMBEDDER]:
+            embedder = _LAION_EMBEDDER  # the only 768-d OpenAI CLIP a v1 head was made for
+        if embedder is None:
+            logger.warning(
+                "%s: a %d-d LAION v1 head of unknown origin (not a published file, and its "
+                "name says no vit_b_32/vit_b_16 of that width): which CLIP it reads cannot be "
+                "checked, so it runs on any %d-d embedder",
+                path,
+                dim,
+                dim,
+            )
+    config = HeadConfig(
+        dims=(dim, 1), activation="none", output_range=_LAION_RANGE, embedder=embedder
+    )
+    metadata = {"format": "laion-aesthetic-predictor-v1", "raw_scale": "about 1-10"}
+    metadata |= {"sha256": digest, **({"published_as": known} if known else {})}
+    renamed = {"linear0.weight": weight, "linear0.bias": bias}
     return AestheticHead(config, renamed, metadata=metadata, source=str(path))
 
 

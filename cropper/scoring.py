@@ -142,15 +142,17 @@ class Scorer:
         weights: Mapping[str, Weights] | None = None,
         knowledge: KnowledgeTerm | None = None,
     ):
-        if isinstance(head, str):
-            from cropper.head import load_head
+        from cropper.head import load_head, same_embedder
 
+        if isinstance(head, str):
             head = load_head(head)
         if head is not None and embedder is not None:
-            if head.embedder is not None and head.embedder != embedder.name:
+            if head.embedder is not None and not same_embedder(head.embedder, embedder.name):
                 raise ConfigError(
                     f"aesthetic head {head.source or ''} was trained on {head.embedder!r} "
-                    f"embeddings, not {embedder.name!r}: use that embedder or another head"
+                    f"embeddings, but the CLIP in use is {embedder.name!r}: pass --clip "
+                    f"{head.embedder} (clip=) to use this head, or --head with a head made for "
+                    f"{embedder.name!r} (head=), or --head none (head=None)"
                 )
             if head.dim != embedder.dim:
                 raise ConfigError(
