@@ -85,3 +85,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'cropper' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The exports load lazily, so the module's own names alone would hide them.
+    return sorted({*globals(), *__all__})

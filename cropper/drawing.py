@@ -101,11 +101,18 @@ def _rect(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
 
 
 def _label(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str, colour, font) -> None:
-    """``text`` in white on a patch of ``colour``, so it reads on any photo."""
-    x, y = at
-    left, top, right, bottom = draw.textbbox((x + 3, y + 2), text, font=font)
-    draw.rectangle((x, y, right + 3, bottom + 2), fill=colour)
-    draw.text((x + 3, y + 2), text, fill=(255, 255, 255), font=font)
+    """``text`` in white on a patch of ``colour``, so it reads on any photo.
+
+    The patch is moved inside the picture where it would stick out of an edge, so a label
+    near the photo's border is never cut.
+    """
+    width, height = draw.im.size
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    patch_w, patch_h = right - min(left, 0) + 6, bottom - min(top, 0) + 4
+    x = min(max(at[0], 0), max(width - patch_w, 0))
+    y = min(max(at[1], 0), max(height - patch_h, 0))
+    draw.rectangle((x, y, x + patch_w, y + patch_h), fill=colour)
+    draw.text((x + 3 - min(left, 0), y + 2 - min(top, 0)), text, fill=(255, 255, 255), font=font)
 
 
 def _with_legend(image: Image.Image, keys, font) -> Image.Image:

@@ -19,6 +19,11 @@ from cropper.tasks import Ratio, Subject
 
 log = logging.getLogger(__name__)
 
+#: Cosine similarity from which a banked photo is taken for the query photo itself: the
+#: same pixels through the same embedder, up to float rounding. (Distinct photos reach
+#: 0.99999 with a tiny random CLIP, so the threshold is tighter than that.)
+SAME_PHOTO = 1.0 - 1e-6
+
 
 @dataclass(frozen=True)
 class PromptExemplar:
@@ -54,13 +59,27 @@ class ExemplarSource:
         subject: Subject | None = None,
         ratio: Ratio | None = None,
         budget: PixelBudget | None = None,
-    ) -> list[PromptExemplar]:
+        query: str | None = None,
+    ) -> tuple[list[PromptExemplar], list[str]]:
+        """The ``count`` nearest exemplars, and the banked photos left out as the query itself.
+
+        A photo cropped while it is in the bank would be shown its own good crops: the
+        bank's copy (the same file, or an embedding as good as identical) is left out, and
+        one more exemplar taken in its place.
+        """
         from retrieval.selection import select_crops
 
         if count <= 0:
-            return []
+            return [], []
         exemplars = []
-        for hit in self.index.search(embedding, k=count):
+        itself: list[str] = []
+        here = os.path.realpath(query) if query else None
+        for hit in self.index.search(embedding, k=count + 3):
+            if len(exemplars) == count:
+                break
+            if hit.similarity >= SAME_PHOTO or (here and os.path.realpath(hit.image) == here):
+                itself.append(hit.image)
+                continue
             photo = self._photo(hit.image, side, budget)
             if photo is None:
                 continue
@@ -73,7 +92,7 @@ class ExemplarSource:
             )
             if crops:
                 exemplars.append(PromptExemplar(photo, list(crops), float(hit.similarity)))
-        return exemplars
+        return exemplars, itself
 
     def _photo(self, path: str, side: int, budget: PixelBudget | None) -> PromptPhoto | None:
         # A budget gives other pixels than the plain fit: cached and named apart.

@@ -130,6 +130,12 @@ def output_paths(
         and not out.endswith(os.sep)
         and bool(target.suffix)
     )
+    if not single and not target.exists() and target.suffix.lower() in _saveable():
+        # -o two.jpg with two photos would make a folder named two.jpg/: surely a mistake.
+        raise ConfigError(
+            f"-o {out} names a file, but there are {len(inputs)} photos: give a folder, "
+            f"e.g. --out {target.with_suffix('')}/"
+        )
     if not single and target.exists() and not target.is_dir():
         raise ConfigError(
             f"--out {out} is a file, and {len(inputs)} photos need a folder: choose a folder "

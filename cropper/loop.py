@@ -192,6 +192,8 @@ class Cropper:
         self.config = (config or CropConfig()).replace(**settings)
         vlm = components.vlm_spec(vlm)  # a malformed spec fails before the models load
         index = components.index_spec(index)
+        if vlm is not None:
+            components.check_index(index)  # so does a bank that cannot be used
         self.prompts = prompts if isinstance(prompts, PromptSet) else PromptSet(prompts)
         self.embedder = components.make_embedder(clip, index)
         # Exemplars only feed the VLM's prompt: without a VLM the bank is left unloaded.
@@ -410,7 +412,12 @@ class Cropper:
             if composition is None:
                 fallbacks.append("no composition rule, as the VLM named no known composition")
         embedding = yield from self._embed(photo, task)
-        exemplars = self._retrieve(embedding, task, subject_, ratio_, cfg)
+        exemplars, itself = self._retrieve(embedding, task, subject_, ratio_, cfg, _name(image))
+        if itself:
+            notes.append(
+                f"the photo itself is in the exemplar bank ({itself[0]}): left out of its own "
+                "exemplars"
+            )
         constraints = Constraints(
             photo.size, cfg.min_side, subject_, ratio_.value if ratio_ else None
         )
@@ -522,9 +529,10 @@ class Cropper:
         subject: Subject | None,
         ratio: Ratio | None,
         cfg: CropConfig,
-    ) -> list[PromptExemplar]:
+        query: str = "",
+    ) -> tuple[list[PromptExemplar], list[str]]:
         if self._exemplars is None or embedding is None:
-            return []
+            return [], []
         return self._exemplars.retrieve(
             embedding,
             task,
@@ -534,6 +542,7 @@ class Cropper:
             budget=budget_from_spec(cfg.pixel_budget),
             subject=subject,
             ratio=ratio,
+            query=query if query and not is_url(query) else None,
         )
 
     def _sampling(self, n: int, schema: dict, cfg: CropConfig, temperature: float) -> Sampling:

@@ -124,7 +124,8 @@ def run_build(args: argparse.Namespace) -> int:
     summary = {
         "bank": str(args.out),
         "count": len(bank),
-        "skipped": len(exemplars) - len(bank),
+        # What the dataset's loader left out (bad lines, missing photos), then the build.
+        "skipped": getattr(exemplars, "skipped", 0) + len(exemplars) - len(bank),
         "seconds": round(seconds, 2),
         "photos_per_s": round(len(bank) / seconds, 2) if seconds > 0 else None,
         **{k: v for k, v in bank.manifest.items() if k.startswith(("index", "recall"))},

@@ -60,6 +60,7 @@ from cropper.inputs import PHOTO_SUFFIXES
 from retrieval.exemplars import (
     PHOTO_ERRORS,
     Exemplar,
+    Exemplars,
     Point,
     RecordError,
     first_few,
@@ -776,7 +777,7 @@ def _finish(
             f"{label}: none of the {total} {unit} could be used; expected {expected} | {skipped}"
         )
     warn_skipped(label, skipped, total, unit)
-    return exemplars
+    return Exemplars(exemplars, skipped=len(skipped))
 
 
 def warn_skipped(

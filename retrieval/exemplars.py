@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import reprlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,15 @@ def photo_size(path: str | os.PathLike) -> Size:
     return (h, w) if orientation in _QUARTER_TURNS else (w, h)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Exemplar]:
+class Exemplars(list):
+    """Exemplars as a loader read them, with how many entries it skipped (``skipped``)."""
+
+    def __init__(self, items: Iterable[Exemplar] = (), skipped: int = 0):
+        super().__init__(items)
+        self.skipped = skipped
+
+
+def read_jsonl(path: str | os.PathLike) -> Exemplars:
     """Read the user's own crops; see the module docstring for the format.
 
     Lines that cannot be used (bad JSON, bad boxes, missing or unreadable photos)
@@ -169,7 +177,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Exemplar]:
         log.warning("%s", report)
     elif not exemplars:
         raise ExemplarIndexError(f"{source}: no exemplars (the file is empty)")
-    return exemplars
+    return Exemplars(exemplars, skipped=len(problems))
 
 
 def first_few(problems: list[str], named: int = _NAMED) -> str:

@@ -235,25 +235,7 @@ class ExemplarIndex:
     def load(cls, folder: str | os.PathLike, embedder: Any = None) -> ExemplarIndex:
         """Open a bank folder, checking its files against each other and against ``embedder``."""
         folder = Path(folder)
-        if not folder.is_dir():
-            raise ExemplarIndexError(
-                f"{folder}: no exemplar bank there; build one with "
-                f"`cropper index build --dataset ... --root ... --out {shlex.quote(str(folder))}`"
-            )
-        missing = [
-            f for f in (INDEX_FILE, EXEMPLARS_FILE, MANIFEST_FILE) if not (folder / f).is_file()
-        ]
-        if missing and (folder / PARTIAL_DIR).is_dir():
-            raise ExemplarIndexError(
-                f"{folder}: a build of this bank was stopped before it finished; run the same "
-                "`cropper index build` (or ExemplarIndex.build) again to resume it"
-            )
-        if missing:
-            raise ExemplarIndexError(
-                f"{folder}: exemplar bank is incomplete (no {', '.join(missing)}); "
-                f"{_rebuild(folder)}"
-            )
-        manifest = _read_manifest(folder)
+        manifest = check_bank(folder)
         rebuild = _rebuild(folder, manifest)
         dim, count = manifest["dim"], manifest["count"]
         # First: the commonest mistake, and cheap to spot before reading a large index.
@@ -386,6 +368,31 @@ def _file_sha256(path: Path) -> str:
 
 #: The bank's own files; a writer killed mid-write leaves ``.NAME.*.tmp`` beside them.
 _BANK_FILES = (INDEX_FILE, EXEMPLARS_FILE, MANIFEST_FILE)
+
+
+def check_bank(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the bank in ``folder``, after the checks that need no large read.
+
+    A missing, unfinished or incomplete bank, or a damaged or newer manifest, is one line
+    saying what to do; ``Cropper`` runs this before any model loads.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExemplarIndexError(
+            f"{folder}: no exemplar bank there; build one with "
+            f"`cropper index build --dataset ... --root ... --out {shlex.quote(str(folder))}`"
+        )
+    missing = [f for f in (INDEX_FILE, EXEMPLARS_FILE, MANIFEST_FILE) if not (folder / f).is_file()]
+    if missing and (folder / PARTIAL_DIR).is_dir():
+        raise ExemplarIndexError(
+            f"{folder}: a build of this bank was stopped before it finished; run the same "
+            "`cropper index build` (or ExemplarIndex.build) again to resume it"
+        )
+    if missing:
+        raise ExemplarIndexError(
+            f"{folder}: exemplar bank is incomplete (no {', '.join(missing)}); {_rebuild(folder)}"
+        )
+    return _read_manifest(folder)
 
 
 @contextlib.contextmanager

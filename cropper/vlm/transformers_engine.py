@@ -56,6 +56,19 @@ def to_chat_messages(conversation: Conversation) -> list[dict[str, Any]]:
     return messages
 
 
+def _quiet_loading_bar() -> None:
+    """No "Loading weights" bar unless cropper logs at INFO (``-v``); download bars stay.
+
+    transformers draws its loading bar when its module flag says so; the public switch
+    (``disable_progress_bar``) would also hide huggingface_hub's download bars, which a
+    first run of several gigabytes wants, so the flag alone is set.
+    """
+    import transformers.utils.logging as hf_logging
+
+    if not logger.isEnabledFor(logging.INFO) and hasattr(hf_logging, "_tqdm_active"):
+        hf_logging._tqdm_active = False
+
+
 def _first_line(exc: BaseException) -> str:
     """An exception's first line, to quote inside a one-line message."""
     text = str(exc).strip()
@@ -142,6 +155,7 @@ class TransformersVLM(VLM):
         self.dtype = _resolve_dtype(dtype, self.device)
         self.static_cache = resolve_static_cache(static_cache, self.device)
         source = self._source(self.name)
+        _quiet_loading_bar()
         try:
             self.processor = transformers.AutoProcessor.from_pretrained(
                 source, trust_remote_code=trust_remote_code

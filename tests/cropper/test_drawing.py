@@ -63,3 +63,17 @@ def test_max_side_bounds_the_picture(result, max_side, expected):
 
 def test_crop_result_draw_is_the_overlay(result):
     assert result.draw(labels=False).tobytes() == draw_result(result, labels=False).tobytes()
+
+
+@pytest.mark.parametrize("at", [(-20, 5), (190, 5), (5, 95), (195, 97)])
+def test_a_label_at_an_edge_is_moved_inside_whole(at):
+    from PIL import ImageDraw
+
+    from cropper.drawing import _font, _label
+
+    def white_pixels(where):
+        canvas = Image.new("RGB", (200, 100), (0, 0, 0))
+        _label(ImageDraw.Draw(canvas), where, "chosen 0.87", (200, 30, 30), _font(14))
+        return sum(1 for p in canvas.getdata() if p == (255, 255, 255))
+
+    assert white_pixels(at) == white_pixels((40, 40)) > 0  # the same text, none of it cut

@@ -309,3 +309,47 @@ def test_a_subject_given_as_a_subject_object_is_kept():
         photo(), task="subject", subject=subject
     )
     assert result.box.contains(0.25, 0.25) and result.box.x0 <= 0.2
+
+
+def test_a_photo_in_the_bank_is_not_its_own_exemplar_and_the_result_says_so(tmp_path):
+    from types import SimpleNamespace
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"p{i}.jpg")
+        photo(300 + 10 * i).save(paths[-1])
+
+    class Bank:
+        embedder_name = "toy"
+
+        def search(self, embedding, k):
+            return [
+                SimpleNamespace(image=str(p), size=(300, 300), crops=(Box(0.1, 0.1, 0.9, 0.9),),
+                                scores=(4.0,), subjects=None, similarity=0.9 - i / 10)
+                for i, p in enumerate(paths)
+            ][:k]  # fmt: skip
+
+    class Toy:
+        name, dim = "toy", 3
+
+        def embed(self, images):
+            import numpy as np
+
+            return np.ones((len(images), 3), np.float32)
+
+    vlm = ScriptedVLM(lambda conv, s: [crops_reply((100, 100, 900, 900))] * s.n)
+    cropper = Cropper(vlm=vlm, clip=Toy(), head=None, index=Bank(), refine_rounds=0)
+    result = cropper.crop(str(paths[0]), task="free")
+    shown = [p.key for m in vlm.calls[0][0] for p in m.parts if isinstance(p, ImagePart)]
+    assert not any(k.startswith(f"{paths[0]}@") for k in shown)  # not among the exemplars
+    assert any(k.startswith(f"{paths[1]}@") for k in shown)
+    assert any("the photo itself is in the exemplar bank" in n for n in result.notes)
+
+
+def test_a_bank_that_cannot_be_used_is_reported_before_any_model_loads(tmp_path):
+    from cropper.errors import ExemplarIndexError
+
+    with pytest.raises(ExemplarIndexError, match="no exemplar bank there"):
+        # The CLIP named cannot load (a large one would take long): the bank is checked first.
+        Cropper(vlm=ScriptedVLM(lambda conv, s: []), clip="local-dir:/nowhere/clip",
+                index=tmp_path / "no-bank")  # fmt: skip

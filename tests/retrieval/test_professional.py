@@ -195,7 +195,7 @@ def test_cropper_index_build_pro_and_the_loop_retrieves_whole_photos(
         "aspect": {"ratio": Ratio(16 / 9, "16:9")},
     }
     for task, extra in requests.items():
-        shown = source.retrieve(query, task, count=3, crops_per_exemplar=5, side=64, **extra)
+        shown, _ = source.retrieve(query, task, count=3, crops_per_exemplar=5, side=64, **extra)
         assert len(shown) == 3, task
         # Each exemplar photo leads with its whole frame; subject-aware shows that one only.
         assert all(ex.crops[0].box == Box.whole() for ex in shown), task
