@@ -8,8 +8,9 @@ refused, so a URL can never read a local file or another service.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import re
-import time
 from urllib.parse import urlsplit, urlunsplit
 
 from cropper.errors import ImageError
@@ -65,47 +66,63 @@ def check_fetchable(url: str, allowed: bool) -> None:
 
 
 def fetch(url: str, *, max_bytes: int = URL_MAX_BYTES, timeout: float = URL_TIMEOUT) -> bytes:
-    """The body of an http(s) ``url``: at most ``max_bytes``, within about ``timeout`` s.
+    """The body of an http(s) ``url``: at most ``max_bytes``, within ``timeout`` s in all.
 
     Raises a one-line :class:`ImageError` naming the URL on any failure: a refused
     connection, a status other than 2xx, a body too large (by its Content-Length or
-    while it streams), or a download still going after ``timeout`` seconds.
+    while it streams), or a download not done ``timeout`` seconds after it began,
+    however the server spreads it out (headers or body a byte at a time).
     """
     check_fetchable(url, allowed=True)
+    download = _fetch(url, max_bytes, timeout)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(download)
+    # Called where an event loop runs (a notebook cell): on a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cropper-fetch") as pool:
+        return pool.submit(asyncio.run, download).result()
+
+
+async def _fetch(url: str, max_bytes: int, timeout: float) -> bytes:
     import httpx
 
     name = show_url(url)
-    deadline = time.monotonic() + timeout
     try:
-        with (
-            httpx.Client(timeout=timeout, follow_redirects=True, max_redirects=5) as client,
-            client.stream("GET", url, headers={"Accept": "image/*"}) as response,
-        ):
-            if not response.is_success:
-                raise ImageError(
-                    f"{name}: the server answered HTTP {response.status_code} "
-                    f"{response.reason_phrase}; check the URL"
-                )
-            length = response.headers.get("content-length", "")
-            if length.isdigit() and int(length) > max_bytes:
-                raise _too_large(name, max_bytes)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise _too_large(name, max_bytes)
-                # The read timeout bounds each wait; this bounds a body that trickles in.
-                if time.monotonic() > deadline:
-                    raise _too_slow(name, timeout)
-            return bytes(body)
+        # httpx's timeouts bound each wait; this bounds the whole download, connect to
+        # last byte, redirects included.
+        return await asyncio.wait_for(_download(url, name, max_bytes, timeout), timeout)
     except ImageError:
         raise
-    except httpx.TimeoutException:
+    except (httpx.TimeoutException, asyncio.TimeoutError):
         raise _too_slow(name, timeout) from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, ValueError) as exc:
         # httpx may quote the URL: show it without its password, on one line.
         why = " ".join(str(exc).replace(url, name).split()) or type(exc).__name__
         raise ImageError(f"{name}: cannot fetch the photo ({why})") from None
+
+
+async def _download(url: str, name: str, max_bytes: int, timeout: float) -> bytes:
+    import httpx
+
+    async with (
+        httpx.AsyncClient(timeout=timeout, follow_redirects=True, max_redirects=5) as client,
+        client.stream("GET", url, headers={"Accept": "image/*"}) as response,
+    ):
+        if not response.is_success:
+            raise ImageError(
+                f"{name}: the server answered HTTP {response.status_code} "
+                f"{response.reason_phrase}; check the URL"
+            )
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise _too_large(name, max_bytes)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            if len(body) + len(chunk) > max_bytes:
+                raise _too_large(name, max_bytes)
+            body += chunk
+        return bytes(body)
 
 
 def _too_large(name: str, max_bytes: int) -> ImageError:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import io
 import json
 import random
@@ -27,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +88,9 @@ class Fault:
     content_type: str = "application/json"  # the Content-Type sent with ``body``
     restart: float | None = None  # stop here (no reply to anything in flight), up again after s
     message: str = "injected fault"  # the error body's message
+    trickle: float = 0.0  # send the reply, status line and headers too, a byte every this many s
+    bomb: int = 0  # gzip the reply behind this many spaces: a small body, a huge decoded one
+    location: str | None = None  # a Location header (with ``status=307`` and ``body=b""``)
 
 
 @dataclass(frozen=True)
@@ -495,6 +500,7 @@ class OpenAICompatibleServer:
 class _Handler(BaseHTTPRequestHandler):
     app: OpenAICompatibleServer  # set on the per-server subclass
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    trickle = 0.0  # seconds between the bytes of this request's reply (a fault's)
     # Headers and body go out in two writes: with Nagle's algorithm on, the body
     # waits for the client's delayed ACK (tens of ms) on every reply.
     disable_nagle_algorithm = True
@@ -520,7 +526,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(None)
         if not self._authorized():
             return
-        if self.path.rstrip("/") != "/v1/models":
+        if _route(self.path) != "/v1/models":
             return self._error(RequestError(404, f"no route for GET {self.path}"))
         created = int(time.time())
         data = [
@@ -542,7 +548,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(body)
         if not self._authorized():
             return
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        if _route(self.path) != "/v1/chat/completions":
             return self._error(RequestError(404, f"no route for POST {self.path}"))
         self.app._enter()
         try:
@@ -564,7 +570,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.drop:
             self.close_connection = True
             return
+        self.trickle = fault.trickle
         headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+        if fault.location is not None:
+            headers["Location"] = fault.location
         if fault.body is not None:
             payload = fault.body
             if not isinstance(payload, (str, bytes)):
@@ -590,6 +599,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return  # stopping: give up on the reply
         completion = _completion(body["model"], texts, prompt_bytes=len(raw))
+        if fault.bomb:
+            payload = _gzip_behind_spaces(json.dumps(completion).encode(), fault.bomb)
+            return self._send(200, payload, {"Content-Encoding": "gzip"})
         if fault.truncate:
             payload = json.dumps(completion).encode()
             self.close_connection = True
@@ -635,10 +647,42 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload) if length is None else length))
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
+            if not self.trickle:
+                self.end_headers()
+                self.wfile.write(payload)
+                return
+            # Each read of the client's gets a byte in time: only a deadline ends the wait.
+            head, self._headers_buffer = b"".join(self._headers_buffer) + b"\r\n", []
+            self.close_connection = True
+            for byte in head + payload:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                if self.app._stopping.wait(self.trickle):
+                    return
         except OSError:  # the client gave up (a timeout), or a stop cut the connection
             self.close_connection = True
+
+
+def _route(path: str) -> str:
+    """The path a request is served by: without its query string or a trailing slash."""
+    return path.split("?", 1)[0].rstrip("/")
+
+
+@functools.lru_cache(maxsize=4)
+def _gzipped_spaces(size: int) -> tuple[bytes, Any]:
+    """``size`` spaces through a gzip compressor: its output so far and its state."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b" " * 2**20
+    parts = [compressor.compress(block[: min(len(block), size - done)])
+             for done in range(0, size, len(block))]  # fmt: skip
+    return b"".join(parts), compressor
+
+
+def _gzip_behind_spaces(payload: bytes, spaces: int) -> bytes:
+    """A gzip body that decodes to ``spaces`` spaces, then ``payload``: still valid JSON."""
+    head, compressor = _gzipped_spaces(spaces)
+    compressor = compressor.copy()
+    return head + compressor.compress(payload) + compressor.flush()
 
 
 def _completion(model: str, texts: Sequence[str | None], prompt_bytes: int) -> dict[str, Any]:

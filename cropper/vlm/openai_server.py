@@ -12,6 +12,13 @@ exponential backoff and jitter, honouring ``Retry-After``; the rest fail at
 once, in one line with the server's own message and what to do. A server never
 reached is not retried: a wrong URL or a server not started stays so.
 
+``timeout`` is a deadline for each attempt, connect to last byte, however a server
+spreads its reply out. A reply is read as it streams and refused past
+:data:`REPLY_MAX_BYTES` decoded (a gzip bomb); an error object sent with HTTP 200 is
+the server's error; redirects are reported, with where they point, never followed.
+The API key is stripped of surrounding whitespace, refused (unshown) if a header
+cannot carry it, and blanked out of every message, a server's or httpx's.
+
 The payload is built by pure functions (:func:`to_openai_messages`,
 :func:`build_chat_request`), testable without a server.
 """
@@ -40,6 +47,7 @@ import tenacity
 from PIL import Image
 
 from cropper.errors import ConfigError, VLMError
+from cropper.fetch import show_url
 from cropper.messages import Conversation, ImagePart, TextPart
 from cropper.vlm.base import VLM, Sampling
 
@@ -53,12 +61,18 @@ IMAGE_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 #: Environment variables read for the API key, in order, when none is passed.
 API_KEY_ENV = ("CROPPER_API_KEY", "OPENAI_API_KEY")
 
+#: The most bytes a server's reply may hold, after any gzip decoding (a chat completion
+#: is kilobytes; a reply past this is a misbehaving server, or a gzip bomb).
+REPLY_MAX_BYTES = 64 * 2**20
+
 # A server asking for a longer pause than this is waited on for this long only.
 _MAX_RETRY_AFTER = 60.0
 # Seconds to wait for a connection; a reply may take the whole ``timeout``.
 _CONNECT_TIMEOUT = 10.0
 # Server messages longer than this are cut in error lines.
 _MAX_MESSAGE = 300
+# Bytes of an error reply read for its message; the rest is not needed.
+_MAX_ERROR_BODY = 64 * 2**10
 # Seconds to wait for the background loop to wind down on close.
 _CLOSE_WAIT = 5.0
 
@@ -86,6 +100,47 @@ def normalize_base_url(url: str) -> str:
     if not path:
         path = "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def endpoint_url(base_url: str, endpoint: str) -> str:
+    """The URL of ``endpoint`` (``/chat/completions``) under the API root ``base_url``.
+
+    The endpoint joins the path; a query string (``?api-version=2``) stays after it.
+    """
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + endpoint, fragment=""))
+
+
+def resolve_api_key(api_key: str | None = None) -> str | None:
+    """The API key to send: ``api_key``, else the first of :data:`API_KEY_ENV` set.
+
+    Surrounding whitespace is dropped (``"$(cat key.txt)"`` of a file with CRLF line
+    ends keeps a carriage return); a key that is empty then counts as not set. A key
+    holding a control or non-ASCII character cannot travel in an HTTP header: that is a
+    :class:`ConfigError` naming where the key came from, never showing the key.
+    """
+    sources = [("api_key= (--api-key)", api_key)]
+    sources += [(f"${name}", os.environ.get(name)) for name in API_KEY_ENV]
+    for source, value in sources:
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"the API key in {source} must be a string; got {type(value).__name__}"
+            )
+        key = value.strip()
+        if not key:
+            continue
+        bad = next((i for i, c in enumerate(key) if not " " <= c <= "~"), None)
+        if bad is not None:
+            kind = "a non-ASCII" if ord(key[bad]) > 127 else "a control"
+            raise ConfigError(
+                f"the API key in {source} holds {kind} character (character {bad + 1} of "
+                f"{len(key)}; the key is not shown), which an HTTP header cannot carry; set "
+                "it again as the plain key, without line breaks or quotes"
+            )
+        return key
+    return None
 
 
 def encode_image(image: Image.Image, image_format: str = "JPEG", quality: int = 90) -> str:
@@ -253,21 +308,73 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def server_message(response: httpx.Response) -> str:
     """The error message a server put in its body (OpenAI, vLLM or FastAPI form)."""
+    return _one_line(body_message(response.content, response.reason_phrase))
+
+
+def body_message(raw: bytes | bytearray, reason: str = "") -> str:
+    """The error message in a server's reply body, whole; else the body, else ``reason``."""
     try:
-        body = response.json()
+        body = decode_json(raw)
+    except NestedTooDeep:
+        return "(a JSON body nested too deep to read)"
     except ValueError:
         body = None
+    message = _message_in(body) if isinstance(body, dict) else None
+    if message:
+        return message
+    return bytes(raw).decode("utf-8", errors="replace").strip() or reason or "no message"
+
+
+class NestedTooDeep(ValueError):
+    """JSON nested deeper than :func:`json.loads` can follow."""
+
+
+def decode_json(raw: bytes | bytearray) -> Any:
+    """The JSON value of a reply body; ``ValueError`` if it is not JSON.
+
+    JSON nested too deep to decode is :class:`NestedTooDeep`, a ``ValueError`` too,
+    rather than the ``RecursionError`` :func:`json.loads` raises.
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise NestedTooDeep("JSON nested too deep to read") from None
+
+
+def error_in_body(body: Any) -> tuple[str, int | None] | None:
+    """The message and code of an error object sent in place of a result, else ``None``.
+
+    Some servers and proxies answer HTTP 200 with OpenAI's ``{"error": {...}}`` or vLLM's
+    ``{"object": "error", "message": ...}``. The code is an HTTP-like status (400-599)
+    when the object carries one.
+    """
+    if not isinstance(body, dict) or "choices" in body or "data" in body:
+        return None
+    error = body.get("error")
+    if body.get("object") != "error" and not (error and isinstance(error, (dict, str))):
+        return None
+    message = _message_in(body) or "no message"
+    code = error.get("code") if isinstance(error, dict) else body.get("code")
+    status = code if isinstance(code, int) and 400 <= code <= 599 else None
+    return message, status
+
+
+def _message_in(body: dict) -> str | None:
+    error = body.get("error")
     message: Any = None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            message = error.get("message")
-        elif isinstance(error, str):
-            message = error
-        message = message or body.get("message") or body.get("detail")
+    if isinstance(error, dict):
+        message = error.get("message")
+    elif isinstance(error, str):
+        message = error
+    message = message or body.get("message") or body.get("detail")
     if not message:
-        message = response.text.strip() or response.reason_phrase or "no message"
-    return _one_line(message if isinstance(message, str) else json.dumps(message))
+        return None
+    if isinstance(message, str):
+        return message
+    try:
+        return json.dumps(message)
+    except (RecursionError, TypeError, ValueError):
+        return type(message).__name__
 
 
 def _one_line(text: str) -> str:
@@ -480,10 +587,10 @@ class OpenAIServerVLM(VLM):
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
         self.images = ImageURLCache(int(image_cache_mb * 2**20))
-        key = api_key or next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
+        key = resolve_api_key(api_key)
         # Kept only inside the headers: never in repr, logs or error messages.
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._key = key  # only to blank it out of what a server echoes back
+        self._key = key  # only to blank it out of what a server or httpx echoes back
         self._model_checked = False
         self._many_choices = True  # False once the server refused n > 1
         self._reached = False  # whether the server ever answered: a refusal then is a restart
@@ -730,66 +837,187 @@ class OpenAIServerVLM(VLM):
     async def _call_once(
         self, client: httpx.AsyncClient, method: str, endpoint: str, body: dict | None
     ) -> Any:
-        url = self.base_url + endpoint
         # Read per request (it may change between calls); a host that never accepts
         # should not hold each attempt for the full timeout.
         timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT))
+        url = endpoint_url(self.base_url, endpoint)
+        failure: Exception
         try:
-            response = await client.request(method, url, json=body, timeout=timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            detail = "connect timed out" if isinstance(exc, httpx.ConnectTimeout) else _detail(exc)
-            unreachable = _Transient(
-                f"cannot reach the VLM server at {self.base_url} ({detail})",
-                "is it running, and is the URL right? start one with `vllm serve MODEL`",
-                shared=True,
+            # httpx's timeouts bound each wait; this bounds the request, connect to last
+            # byte: a server sending a byte a second would hold it (and its batch) forever.
+            response, raw = await asyncio.wait_for(
+                self._exchange(client, method, url, body, timeout), self.timeout
             )
-            if not self._reached:
-                # Never reached: a wrong URL or a server not started, which retries
-                # seconds apart will not mend. Once reached, it is a restart: retry.
-                raise VLMError(
-                    f"{unreachable}; {unreachable.hint}", retryable=True, every_request=True
-                ) from None
-            raise unreachable from None
-        except httpx.TimeoutException:
-            raise _Transient(
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            failure = self._unreachable(exc)
+        except (httpx.TimeoutException, asyncio.TimeoutError):
+            failure = _Transient(
                 f"the VLM server at {self.base_url} did not answer {endpoint} within "
                 f"{self.timeout:g} s",
                 "raise timeout= if it is just slow, or check the server's load and log",
-            ) from None
+            )
         except httpx.TransportError as exc:
             # A reply cut short (a truncated body) or a connection closed under the
             # request: a server restarting or crashing, or a proxy between.
-            raise _Transient(
+            failure = _Transient(
                 f"the VLM server at {self.base_url} dropped the connection during {endpoint} "
-                f"({_detail(exc)})",
+                f"({self._detail(exc)})",
                 "it may have restarted or crashed: check that it is running, and its log",
-            ) from None
-        self._reached = True
-        if response.status_code >= 400:
-            raise self._http_error(response, endpoint, body)
+            )
+        except httpx.HTTPError as exc:  # a body its Content-Encoding does not decode
+            failure = VLMError(
+                f"the VLM server at {self.base_url} sent a reply to {endpoint} that cannot be "
+                f"decoded ({self._detail(exc)}); check the server, or a proxy between"
+            )
+        else:
+            return self._result(response, raw, endpoint, body)
+        # Raised here, not in the except blocks: httpx's error (which may quote the
+        # request's headers) is not kept as the context of cropper's.
+        raise failure
+
+    async def _exchange(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        body: dict | None,
+        timeout: httpx.Timeout,
+    ) -> tuple[httpx.Response, bytearray | None]:
+        """The response and its body, decoded; ``None`` for a reply over REPLY_MAX_BYTES.
+
+        Read as it streams and dropped past the limit, so a gzip bomb costs the limit and
+        one decoded chunk, not what it inflates to. An error's body is cut to its start.
+        """
+        async with client.stream(method, url, json=body, timeout=timeout) as response:
+            self._reached = True
+            raw = bytearray()
+            if 300 <= response.status_code < 400:
+                return response, raw  # never followed: the error says where it points
+            error = response.status_code >= 400
+            limit = _MAX_ERROR_BODY if error else REPLY_MAX_BYTES
+            async for chunk in response.aiter_bytes():
+                if len(raw) + len(chunk) > limit:
+                    if not error:
+                        return response, None
+                    raw += chunk[: limit - len(raw)]
+                    break
+                raw += chunk
+            return response, raw
+
+    def _unreachable(self, exc: httpx.TransportError) -> Exception:
+        detail = "connect timed out" if isinstance(exc, httpx.ConnectTimeout) else None
+        unreachable = _Transient(
+            f"cannot reach the VLM server at {self.base_url} ({detail or self._detail(exc)})",
+            "is it running, and is the URL right? start one with `vllm serve MODEL`",
+            shared=True,
+        )
+        if not self._reached:
+            # Never reached: a wrong URL or a server not started, which retries
+            # seconds apart will not mend. Once reached, it is a restart: retry.
+            return VLMError(
+                f"{unreachable}; {unreachable.hint}", retryable=True, every_request=True
+            )
+        return unreachable
+
+    def _result(
+        self, response: httpx.Response, raw: bytearray | None, endpoint: str, body: dict | None
+    ) -> Any:
+        """The decoded JSON of a reply, or the error it amounts to (raised)."""
+        status = response.status_code
+        if 300 <= status < 400:
+            raise self._redirect_error(response, endpoint)
+        if raw is None:
+            raise VLMError(
+                f"the VLM server at {self.base_url} sent a reply to {endpoint} of over "
+                f"{REPLY_MAX_BYTES // 2**20} MB (decoded), where a chat completion takes "
+                "kilobytes; check that the URL is the API root of an OpenAI-compatible "
+                "server, and the server's log"
+            )
+        if status >= 400:
+            message = self._hide_key(body_message(raw, response.reason_phrase))
+            what = f"the VLM server at {self.base_url} answered {endpoint} with HTTP {status}"
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise self._http_error(status, f"{what}: {message}", body, retry_after)
         try:
-            return response.json()
-        except ValueError:
-            pass
-        snippet = self._hide_key(_one_line(response.text[:80])) or "(empty body)"
+            decoded = decode_json(raw)
+        except ValueError as exc:
+            raise self._not_json(response, raw, endpoint, exc) from None
+        error = error_in_body(decoded)
+        if error is None:
+            return decoded
+        # An error object in a 200 reply: say what the server said.
+        message, code = error
+        what = (
+            f"the VLM server at {self.base_url} answered {endpoint} with an error "
+            f"(HTTP {status}{f', code {code}' if code else ''}): {self._hide_key(message)}"
+        )
+        if code is None:  # no status to judge it by: not retried, as before it was read
+            raise VLMError(f"{_one_line(what)}; check the server's log")
+        raise self._http_error(code, what, body, None, or_else="check the server's log")
+
+    def _not_json(
+        self, response: httpx.Response, raw: bytearray, endpoint: str, why: ValueError
+    ) -> VLMError:
+        """The error of a reply that is not JSON: a web page, malformed or too deep."""
+        if isinstance(why, NestedTooDeep):
+            return VLMError(
+                f"the VLM server at {self.base_url} sent JSON nested too deep to read for "
+                f"{endpoint}; check that the URL is the API root of an OpenAI-compatible "
+                "server, and the server's log"
+            )
+        # Redacted before it is cut, so no part of the key is left at the cut.
+        text = bytes(raw[: 80 + 4 * len(self._key or "")]).decode("utf-8", errors="replace")
+        snippet = _one_line(self._hide_key(text)[:80]) or "(empty body)"
         kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no type"
         if "json" not in kind:
             # A web page: the URL names a web app or a proxy, not the API itself.
-            raise VLMError(
+            return VLMError(
                 f"the VLM server at {self.base_url} answered {endpoint} with {kind}, not "
                 f"JSON ({snippet}); check that the URL is the API root of an "
                 "OpenAI-compatible server, such as http://localhost:8000/v1",
                 every_request=True,
             )
-        raise VLMError(
+        return VLMError(
             f"the VLM server at {self.base_url} sent malformed JSON for {endpoint}: {snippet}"
         )
 
-    def _http_error(self, response: httpx.Response, endpoint: str, body: dict | None) -> Exception:
+    def _redirect_error(self, response: httpx.Response, endpoint: str) -> VLMError:
+        """A redirect, never followed (it may lead to another host): where it points."""
         status = response.status_code
-        message = self._hide_key(server_message(response))
-        what = f"the VLM server at {self.base_url} answered {endpoint} with HTTP {status}"
-        what = f"{what}: {message}"
+        location = response.headers.get("Location", "").strip()
+        what = f"the VLM server at {self.base_url} redirects {endpoint} (HTTP {status})"
+        if not location:
+            return _status_error(f"{what} without saying where; check the URL", status)
+        try:
+            target = str(response.url.join(location))
+        except (httpx.InvalidURL, ValueError):
+            target = location
+        try:
+            root = normalize_base_url(target)
+        except ConfigError:
+            root = target
+        message = (
+            f"{what} to {show_url(self._hide_key(target))}; redirects are not followed: if "
+            f"that is the server, give its URL, {show_url(self._hide_key(root))} (--vlm, "
+            "Python: base_url=)"
+        )
+        error = VLMError(message, retryable=False, every_request=True)
+        error.status = status  # type: ignore[attr-defined]
+        return error
+
+    def _http_error(
+        self,
+        status: int,
+        what: str,
+        body: dict | None,
+        retry_after: float | None,
+        *,
+        or_else: str = "",
+    ) -> Exception:
+        """The error of an HTTP error status: ``what`` happened, with what to do.
+
+        ``or_else`` is what to do when the status has no advice of its own.
+        """
         if _is_retryable_status(status):
             if status == 429:
                 hint = "it is rate-limiting: lower concurrency (--concurrency) or try again later"
@@ -798,21 +1026,42 @@ class OpenAIServerVLM(VLM):
                     "it is failing or overloaded: check its log, lower concurrency "
                     "(--concurrency), or try again later"
                 )
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return _Transient(what, hint, retry_after=retry_after, status=status)
+            return _Transient(_one_line(what), hint, retry_after=retry_after, status=status)
         hint = ""
+        lowered = what.lower()
         if status in (401, 403):
             hint = "; set api_key= or the CROPPER_API_KEY environment variable"
         elif status == 404:
             hint = "; check the model name and the URL (the API root, e.g. http://host:8000/v1)"
+        elif status == 413:
+            hint = (
+                "; the request, with its photos, is too large for the server: lower "
+                "--pixel-budget or the exemplars sent (exemplars=), or raise the server's "
+                "request size limit"
+            )
         elif status == 400 and body and "response_format" in body:
-            if any(w in message.lower() for w in ("response_format", "json_schema", "schema")):
+            if any(w in lowered for w in ("response_format", "json_schema", "schema")):
                 hint = "; if the server cannot constrain replies, pass structured_outputs=False"
-        return _status_error(f"{what}{hint}", status)
+        if not hint and or_else:
+            hint = f"; {or_else}"
+        return _status_error(f"{_one_line(what)}{hint}", status)
 
     def _hide_key(self, text: str) -> str:
-        """``text`` with the API key blanked out: a server may quote the request's headers."""
-        return text.replace(self._key, "***") if self._key else text
+        """``text`` with the API key blanked out, as itself or as Python quotes it.
+
+        A server may quote the request's headers; httpx quotes an illegal header value.
+        """
+        if not self._key:
+            return text
+        forms = {self._key, repr(self._key)[1:-1], repr(self._key.encode())[2:-1]}
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "***")
+        return text
+
+    def _detail(self, exc: Exception) -> str:
+        """An httpx error on one line, without the key; blanked before it is cut."""
+        text = self._hide_key(" ".join(str(exc).split()))
+        return f"{type(exc).__name__}: {_one_line(text) or 'no detail'}"
 
     def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
         outcome = retry_state.outcome
@@ -831,10 +1080,6 @@ def _listing(names: Sequence[str], shown: int = 8) -> str:
     """Model names for a message: the first ``shown``, then a count."""
     listed = ", ".join(names[:shown])
     return listed if len(names) <= shown else f"{listed}, and {len(names) - shown} more"
-
-
-def _detail(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {_one_line(str(exc)) or 'no detail'}"
 
 
 def _failed(future: concurrent.futures.Future) -> bool:
