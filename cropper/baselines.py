@@ -212,6 +212,9 @@ class SaliencyCrop(Baseline):
                 boxes = _holding(boxes, subject)
         return self.rank_boxes(photo, task, boxes)
 
+    def notes(self, task: str) -> tuple[str, ...]:
+        return ("ranked by spectral-residual saliency (no model): what stands out is kept",)
+
     def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
         kept = saliency_share(saliency_map(photo), boxes)
         cut = 1.0 - np.array([b.area for b in boxes])

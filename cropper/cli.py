@@ -68,6 +68,12 @@ def non_negative_int(value: str) -> int:
     return number
 
 
+def _version() -> str:
+    from cropper import __version__
+
+    return __version__
+
+
 def share(value: str) -> float:
     """An argparse type: a number from 0 to 1."""
     try:
@@ -88,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cropper", description="Crop photos well with a vision-language model."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--version", action="version", version=f"cropper {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     crop = commands.add_parser("crop", help="crop photos", description="Crop photos.")
@@ -187,6 +194,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="the smallest side a crop may have, as a share of the photo's side (default 0.1); "
         "smaller proposals are grown",
     )
+    # The loop's settings, as CropConfig names them (README "Defaults"); unset: the paper's.
+    crop.add_argument(
+        "--exemplars",
+        type=non_negative_int,
+        metavar="S",
+        help="exemplars retrieved from the bank for each photo (CropConfig.exemplars, default 30)",
+    )
+    crop.add_argument(
+        "--crops",
+        type=positive_int,
+        metavar="R",
+        help="crops the VLM proposes a round (CropConfig.crops, default 6)",
+    )
+    crop.add_argument(
+        "--rounds",
+        type=non_negative_int,
+        metavar="L",
+        help="refinement rounds after the first proposal (CropConfig.refine_rounds, default 2)",
+    )
+    crop.add_argument(
+        "--samples",
+        type=positive_int,
+        metavar="N",
+        help="replies sampled a round (CropConfig.samples, default 1)",
+    )
+    crop.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="sampling temperature, 0 to 2 (CropConfig.temperature, default 0.05)",
+    )
+    crop.add_argument(
+        "--seed",
+        type=int,
+        help="sampling seed, for runs that repeat (CropConfig.seed, default none)",
+    )
     crop.add_argument(
         "--max-tokens",
         type=positive_int,
@@ -204,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="exit 1 when any photo fell back (no valid box from the VLM, an assumed subject)",
+    )
+    crop.add_argument(
+        "--demo",
+        action="store_true",
+        help="crop with tiny random models built offline in seconds: the whole pipeline runs, "
+        "but the boxes are arbitrary (to try cropper with nothing downloaded)",
     )
     crop.add_argument(
         "--wait",
@@ -310,9 +359,11 @@ def run_crop(args: argparse.Namespace) -> int:
                 shown = shorten_path(image)  # a path of 4,000 characters stays one short line
                 named = image in str(exc) or shown in str(exc)
                 failures.append(str(exc) if named else f"{shown}: {exc}")
-                print(f"cropper: {failures[-1]}", file=sys.stderr)
+                _write(f"cropper: {failures[-1]}", sys.stderr)
                 continue
             summary = {**result.to_json(top=top_k > 1), "image": image, "name": item.name}
+            if args.demo:  # said in every line, so that no demo crop is taken for a real one
+                summary["notes"] = [*summary["notes"], DEMO_NOTE]
             if result.fallback:
                 fallbacks.append(f"{image}: {result.fallback}")
             if results_log is not None:
@@ -321,14 +372,12 @@ def run_crop(args: argparse.Namespace) -> int:
                 except OSError as exc:
                     raise _write_error(exc, log_path) from None
             if args.json:
-                print(json.dumps(summary), flush=True)
+                _write(json.dumps(summary), sys.stdout)
             else:
                 where = f" -> {out}" if out else ""
                 fell = " (fell back; see the warning)" if result.fallback else ""
-                print(
-                    f"{image}: box {summary['box']} score {result.score:.4f}{where}{fell}",
-                    flush=True,
-                )
+                line = f"{image}: box {summary['box']} score {result.score:.4f}{where}{fell}"
+                _write(line, sys.stdout)
     if fallbacks:
         print(_summary("fell back", fallbacks, len(todo)), file=sys.stderr)
     if failures:
@@ -448,6 +497,12 @@ _SETTING_FLAGS = (
     "top_p",
     "sampling_top_k",
     "max_tokens",
+    "exemplars",
+    "crops",
+    "rounds",
+    "samples",
+    "temperature",
+    "seed",
     "no_structured_outputs",
 )
 
@@ -547,6 +602,10 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~cropper.loop.Cropper` that the model options of a command name."""
     from cropper.loop import Cropper
 
+    if getattr(args, "demo", False):
+        _use_demo_models(args)
+    else:
+        _offline_unless_the_hub_answers()
     options = {
         "coords": args.coords,
         "pixel_budget": args.pixel_budget,
@@ -557,6 +616,12 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
         "top_p": getattr(args, "top_p", None),
         "sampling_top_k": getattr(args, "sampling_top_k", None),
         "max_tokens": getattr(args, "max_tokens", None),
+        "exemplars": getattr(args, "exemplars", None),
+        "crops": getattr(args, "crops", None),
+        "refine_rounds": getattr(args, "rounds", None),
+        "samples": getattr(args, "samples", None),
+        "temperature": getattr(args, "temperature", None),
+        "seed": getattr(args, "seed", None),
     }
     # Unset options keep CropConfig's defaults (by identity: a min_side of 0.0 is set).
     settings = {k: v for k, v in options.items() if v is not None and v is not False and v != ""}
@@ -576,6 +641,53 @@ def cropper_from_args(args: argparse.Namespace) -> Any:
         prompts=args.prompts,
         api_key=args.api_key,
         **settings,
+    )
+
+
+#: What every JSON line of a --demo run says.
+DEMO_NOTE = "--demo: tiny random models; the box is arbitrary"
+
+#: Seconds to wait for the hub to accept a connection before working offline.
+HUB_PROBE_SECONDS = 3.0
+
+
+def _offline_unless_the_hub_answers() -> None:
+    """Work offline at once when the Hugging Face hub cannot be reached.
+
+    Else every model not in the cache costs a minute of retries before its error. Models
+    already cached load as ever; what is missing is named in one message.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no"):
+        return
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), HUB_PROBE_SECONDS).close()
+    except OSError as exc:
+        log.info("the Hugging Face hub (%s) cannot be reached (%s): working offline", host, exc)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _use_demo_models(args: argparse.Namespace) -> None:
+    """--demo: the notebooks' tiny random models, built offline once; their boxes are arbitrary."""
+    from cropper.components import DEFAULT
+    from cropper.testing.demo import demo_models
+
+    given = [f"--{n}" for n in ("vlm", "clip", "head") if getattr(args, n) is not DEFAULT]
+    if given:
+        raise ConfigError(f"--demo brings its own models: drop {', '.join(given)}")
+    models = demo_models()
+    args.vlm, args.clip, args.head = models["vlm"], models["clip"], models["head"]
+    args.coords = args.coords or models["coords"]
+    log.warning(
+        "--demo: tiny random models (built in %s): every part of the pipeline runs, but the "
+        "boxes are arbitrary; for real crops, see the README's first commands",
+        Path(models["vlm"]).parent,
     )
 
 
@@ -599,6 +711,70 @@ def _not_done(inputs: Sequence[Any], outputs: Sequence[Path | None], log: Path |
     ]
 
 
+#: Loggers whose lines are cropper's own.
+_OURS = ("cropper", "retrieval")
+
+
+class _Console(logging.Handler):
+    """Log lines on stderr, through tqdm so that a progress bar stays whole.
+
+    cropper's own lines read ``cropper: WARNING: ...``; other libraries' are shown only
+    with ``-v`` (warnings) or ``-vv`` (all), under their own names, and not at all when
+    their library prints them itself (huggingface_hub has its own handler).
+    """
+
+    def __init__(self, verbose: int):
+        super().__init__()
+        self.ours = logging.WARNING - 10 * verbose
+        self.theirs = logging.CRITICAL if verbose == 0 else logging.WARNING - 10 * (verbose - 1)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in _OURS:
+            return record.levelno >= self.ours
+        return record.levelno >= self.theirs and not _prints_itself(record.name)
+
+    def format(self, record: logging.LogRecord) -> str:
+        who = "cropper" if record.name.split(".")[0] in _OURS else record.name
+        return f"{who}: {record.levelname}: {record.getMessage()}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _write(self.format(record), sys.stderr)
+        except Exception:  # a logging failure must not end the run
+            self.handleError(record)
+
+
+def _prints_itself(name: str) -> bool:
+    logger: logging.Logger | None = logging.getLogger(name)
+    while logger is not None and logger.name != "root":
+        if logger.handlers:
+            return True
+        logger = logger.parent
+    return False
+
+
+def _configure_logging(verbose: int) -> None:
+    """Quiet by default, detailed with -v; left alone where logging is set up already."""
+    root = logging.getLogger()
+    if any(not isinstance(h, _Console) for h in root.handlers):
+        return  # an application or a test harness configured logging: its choice stands
+    console = _Console(verbose)
+    root.handlers[:] = [console]
+    root.setLevel(min(console.ours, console.theirs))
+    if verbose == 0:
+        # Read when these libraries load: their own warnings and loading bars only with -v.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+
+
+def _write(line: str, stream: Any) -> None:
+    """One line out, through tqdm, so that a progress bar on the terminal stays whole."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=stream)
+    stream.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         # A file name that is not UTF-8 is printed escaped rather than stopping the run.
@@ -606,9 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * args.verbose, format="cropper: %(levelname)s: %(message)s"
-    )
+    _configure_logging(args.verbose)
     try:
         return args.run(args)
     except BrokenPipeError:

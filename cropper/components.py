@@ -7,11 +7,13 @@ part out), or :data:`DEFAULT` (the environment, else the documented default).
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cropper import defaults
-from cropper.errors import ConfigError, CropperError
+from cropper.errors import ConfigError, CropperError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,9 @@ def vlm_spec(vlm: Any) -> Any:
 
     if isinstance(vlm, VLM):
         return vlm
-    spec = defaults.from_env(defaults.ENV_VLM, defaults.DEFAULT_VLM) if vlm is DEFAULT else vlm
+    spec = defaults.from_env(defaults.ENV_VLM, None) if vlm is DEFAULT else vlm
+    if vlm is DEFAULT and spec is None:
+        spec = defaults.default_vlm()
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
         return None
     backend_for(spec)
@@ -77,14 +81,27 @@ def index_embedder_name(index: Any) -> str | None:
     return name if isinstance(name, str) and name.strip() else None
 
 
+def clip_spec(clip: Any, index: Any = None) -> Any:
+    """The embedder a ``clip=`` argument names.
+
+    For DEFAULT: the bank's, else ``$CROPPER_CLIP``, else the one for this machine
+    (:func:`cropper.defaults.default_clip`).
+    """
+    if clip is not DEFAULT:
+        return clip
+    return (
+        index_embedder_name(index)
+        or defaults.from_env(defaults.ENV_CLIP, None)
+        or defaults.default_clip()
+    )
+
+
 def make_embedder(clip: Any, index: Any = None) -> Any:
     """The embedder (open_clip, or transformers by ``hf:``); by default the bank's, for both."""
     if clip is None or (isinstance(clip, str) and not clip.strip()):
         return None
     if clip is DEFAULT:
-        clip = index_embedder_name(index) or defaults.from_env(
-            defaults.ENV_CLIP, defaults.DEFAULT_CLIP
-        )
+        clip = clip_spec(clip, index)
     if not isinstance(clip, str):
         return clip  # a ready embedder: anything with name, dim and embed()
     from retrieval.embedder import load_embedder
@@ -92,8 +109,14 @@ def make_embedder(clip: Any, index: Any = None) -> Any:
     return load_embedder(clip)
 
 
-def make_head(head: Any, embedder: Any) -> Any:
-    """The aesthetic head, or ``None``; a default that cannot be had is left out, with a note."""
+def make_head(
+    head: Any, embedder: Any, *, clip: Any = None, missing: list[MissingModel] | None = None
+) -> Any:
+    """The aesthetic head, or ``None``; a default that cannot be had is left out, with a note.
+
+    ``clip`` names the embedder when it could not be loaded, so that the default head is
+    still known; a default head not on this machine is added to ``missing`` when given.
+    """
     from cropper.head import AestheticHead, canonical_embedder, load_head
 
     if head is None or isinstance(head, AestheticHead):
@@ -103,16 +126,115 @@ def make_head(head: Any, embedder: Any) -> Any:
     spec = defaults.from_env(defaults.ENV_HEAD, None)
     if spec is not None:
         return load_head(spec)
-    name = getattr(embedder, "name", None) if embedder is not None else None
-    spec = defaults.DEFAULT_HEADS.get(canonical_embedder(name) or "")
+    name = getattr(embedder, "name", None) if embedder is not None else clip
+    spec = defaults.DEFAULT_HEADS.get(canonical_embedder(name) or "") if name else None
     if spec is None:
         log.info("no aesthetic head for embedder %s; pass head= to use one", name)
         return None
     try:
         return load_head(spec)
+    except WeightsNotFoundError:
+        if missing is not None:
+            missing.append(missing_head(spec))  # the caller says so, once
+        else:
+            log.warning("default aesthetic head %s is not on this machine; scoring without", spec)
+        return None
     except CropperError as exc:
         log.warning("default aesthetic head unavailable (%s); scoring without it", exc)
         return None
+
+
+# -- models that are not on this machine --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MissingModel:
+    """A model that is neither here nor downloadable now, and how to get it."""
+
+    flag: str  # the command-line flag that names it: --vlm, --clip or --head
+    spec: str  # what was asked for
+    get: str  # how to download it where there is internet
+    use: str  # how to point cropper at the downloaded copy
+
+
+def missing_vlm(spec: Any) -> MissingModel | None:
+    """The VLM as a missing model when it is a hub id not in the cache and the hub is off."""
+    if not isinstance(spec, str) or "://" in spec or spec.startswith(("vllm:", "hf:")):
+        return None
+    if Path(spec).expanduser().exists() or not _hub_off():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            return None
+    except (ImportError, ValueError):
+        pass  # not a hub id it can look up: it is missing all the same
+    return MissingModel(
+        "--vlm", spec, f"`hf download {spec} --local-dir DIR`", "--vlm DIR (Python: vlm=DIR)"
+    )
+
+
+def missing_clip(spec: str) -> MissingModel:
+    """A CLIP (open_clip ``NAME:TAG`` or ``hf:ORG/MODEL``) as a missing model."""
+    if spec.startswith("hf:"):
+        repo = spec.removeprefix("hf:")
+        return MissingModel(
+            "--clip", spec, f"`hf download {repo} --local-dir DIR`", "--clip hf:DIR (clip=)"
+        )
+    repo = _open_clip_repo(spec)
+    get = f"`hf download {repo} --local-dir DIR`" if repo else "download its open_clip weights"
+    return MissingModel("--clip", spec, get, "--clip local-dir:DIR (clip=)")
+
+
+def missing_head(spec: str) -> MissingModel:
+    """An aesthetic head (``hf-hub:ORG/REPO/FILE`` or a pinned URL) as a missing model."""
+    if spec.startswith("hf-hub:"):
+        org, repo, *file = spec.removeprefix("hf-hub:").split("/")
+        name = "/".join(file)
+        get = f"`hf download {org}/{repo} {name} --local-dir DIR`"
+        return MissingModel("--head", spec, get, f"--head DIR/{name} (head=)")
+    url = spec.split("#", 1)[0]
+    return MissingModel("--head", url, "download it", "--head FILE (head=)")
+
+
+def missing_models_error(missing: list[MissingModel]) -> WeightsNotFoundError:
+    """One error listing every model this machine lacks, as command-line flags."""
+    order = {"--vlm": 0, "--clip": 1, "--head": 2}
+    lines = [
+        f"{len(missing)} model{'s' * (len(missing) > 1)} not on this machine, and the Hugging "
+        "Face hub cannot be reached (or HF_HUB_OFFLINE is set); where there is internet:"
+    ]
+    for m in sorted(missing, key=lambda m: order.get(m.flag, 9)):
+        lines.append(f"  {m.flag} {m.spec}: {m.get}, then {m.use}")
+    lines.append(
+        "With nothing downloaded: --vlm none --clip none crops by saliency, and --demo runs "
+        "the whole pipeline on tiny random models (their boxes are arbitrary)."
+    )
+    return WeightsNotFoundError("\n".join(lines))
+
+
+def _hub_off() -> bool:
+    """Whether the hub is off: by the environment, or by huggingface_hub's own setting."""
+    import sys
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no"):
+        return True
+    hub = sys.modules.get("huggingface_hub.constants")
+    return bool(getattr(hub, "HF_HUB_OFFLINE", False))
+
+
+def _open_clip_repo(spec: str) -> str | None:
+    """The hub repo open_clip fetches ``NAME:TAG`` from, if it says."""
+    name, _, tag = spec.partition(":")
+    try:
+        import open_clip
+
+        config = open_clip.get_pretrained_cfg(name, tag) or {}
+    except Exception:  # any: the message is still useful without the repo
+        return None
+    repo = config.get("hf_hub")
+    return repo.rstrip("/") if isinstance(repo, str) and repo else None
 
 
 def index_spec(index: Any) -> Any:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 
-#: The VLM when neither an argument nor ``CROPPER_VLM`` names one: an open model
-#: run in-process by transformers, fetched from the hub on first use and cached.
+#: The VLM when neither an argument nor ``CROPPER_VLM`` names one, on a machine with a
+#: CUDA GPU: an open model run in-process by transformers, fetched from the hub on first
+#: use and cached.
 DEFAULT_VLM = "Qwen/Qwen3-VL-8B-Instruct"
 
-#: The CLIP model that embeds photos for retrieval and scoring (open_clip name:tag).
-#: ViT-L/14 because the default aesthetic head was trained on its embeddings.
+#: The CLIP model that embeds photos for retrieval and scoring (open_clip name:tag), with
+#: a GPU. ViT-L/14 because the best aesthetic head was trained on its embeddings.
 DEFAULT_CLIP = "ViT-L-14:openai"
+
+#: On a machine without a CUDA GPU: the smallest Qwen3-VL and CLIP ViT-B/32 (with its
+#: LAION v1 head), so that a crop takes minutes rather than an hour
+#: (benchmarks/cpu_default.py measures it).
+CPU_VLM = "Qwen/Qwen3-VL-2B-Instruct"
+CPU_CLIP = "ViT-B-32:openai"
 
 #: The LAION improved aesthetic predictor (an MLP over CLIP ViT-L/14 embeddings),
 #: as TRL's DDPO example publishes it on the hub.
@@ -38,3 +45,22 @@ ENV_INDEX = "CROPPER_INDEX"
 def from_env(name: str, default: str | None) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def has_cuda() -> bool:
+    """Whether torch sees a CUDA GPU (torch is imported here, when a default is needed)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def default_vlm() -> str:
+    """The VLM for this machine: :data:`DEFAULT_VLM` with a GPU, else :data:`CPU_VLM`."""
+    return DEFAULT_VLM if has_cuda() else CPU_VLM
+
+
+def default_clip() -> str:
+    """The CLIP for this machine: :data:`DEFAULT_CLIP` with a GPU, else :data:`CPU_CLIP`."""
+    return DEFAULT_CLIP if has_cuda() else CPU_CLIP

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cropper import components
+from cropper import components, defaults
 from cropper.batching import (
     Embed,
     Generate,
@@ -39,7 +39,7 @@ from cropper.composition import (
 )
 from cropper.constraints import DEFAULT_MIN_SIDE, Constraints, check_min_side
 from cropper.diversity import diverse_top
-from cropper.errors import ConfigError, CropperError
+from cropper.errors import ConfigError, CropperError, WeightsNotFoundError
 from cropper.exemplars import ExemplarSource, PromptExemplar
 from cropper.fetch import is_url, show_url
 from cropper.images import ImageInput, load_image
@@ -195,11 +195,29 @@ class Cropper:
         if vlm is not None:
             components.check_index(index)  # so does a bank that cannot be used
         self.prompts = prompts if isinstance(prompts, PromptSet) else PromptSet(prompts)
-        self.embedder = components.make_embedder(clip, index)
+        # Models not on this machine are gathered, so that one message names them all.
+        missing: list[components.MissingModel] = []
+        try:
+            self.embedder = components.make_embedder(clip, index)
+        except WeightsNotFoundError:
+            missing.append(components.missing_clip(str(components.clip_spec(clip, index))))
+            self.embedder = None
+        weights = weights_by_task(score_weights)
+        clip_name = components.clip_spec(clip, index) if missing else None
+        aesthetic_head = components.make_head(
+            head, self.embedder, clip=clip_name, missing=missing
+        )
+        if missing and not any(m.flag == "--clip" for m in missing):
+            # The default head alone: scoring goes on without it (the scorer says how).
+            log.warning("default aesthetic head %s is not on this machine", missing[0].spec)
+            missing.clear()
+        if missing:
+            vlm_missing = components.missing_vlm(vlm)  # looked up, not loaded
+            raise components.missing_models_error(
+                missing + ([vlm_missing] if vlm_missing else [])
+            )
         # Exemplars only feed the VLM's prompt: without a VLM the bank is left unloaded.
         self.index = components.make_index(index, self.embedder) if vlm is not None else None
-        weights = weights_by_task(score_weights)
-        aesthetic_head = components.make_head(head, self.embedder)
         self.scorer = Scorer(
             self.embedder,
             aesthetic_head,
@@ -211,7 +229,13 @@ class Cropper:
         options = dict(vlm_options or {})
         if model is not None:
             options["model"] = model
-        self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key, options=options)
+        try:
+            self.vlm: VLM | None = components.make_vlm(vlm, api_key=api_key, options=options)
+        except WeightsNotFoundError:
+            vlm_missing = components.missing_vlm(vlm)
+            if vlm_missing is None:
+                raise  # the VLM's own message (a folder without a checkpoint, say)
+            raise components.missing_models_error([vlm_missing]) from None
         self._exemplars = ExemplarSource(self.index) if self.index else None
         self._server = Server(self.vlm, self.embedder, self.scorer)
         self._no_vlm: Baseline | None = None
@@ -221,12 +245,23 @@ class Cropper:
 
             if self.embedder is None:
                 self._no_vlm = SaliencyCrop()
-                log.info("no VLM and no embedder: cropping by spectral-residual saliency")
+                # Said once a run, as it is no model's judgement but a classical method's.
+                log.warning(
+                    "no VLM and no embedder: cropping by spectral-residual saliency (Hou & "
+                    "Zhang, 2007), which needs no model"
+                )
             else:
                 self._no_vlm = HeadGridCrop(self.scorer)
                 log.info("no VLM: cropping with the aesthetic head over GAICD's grid candidates")
         elif self.index is None:
             log.info("no exemplar index: cropping zero-shot (pass index= a bank folder)")
+        if self.vlm is not None and vlm == defaults.CPU_VLM:
+            # Said once, when the machine chose it: a user on a laptop should know to wait.
+            log.warning(
+                "no CUDA GPU: cropping with %s in-process, about 4 minutes a photo on 2 CPU "
+                "cores (more with a bank); serve a VLM on a GPU and pass --vlm URL for speed",
+                vlm,
+            )
 
     # -- the loop --------------------------------------------------------------
     def crop(
@@ -772,7 +807,7 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield _NoBar()
         return
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     with tqdm(total=total, desc="cropping", unit="photo", disable=None) as bar:
         yield bar

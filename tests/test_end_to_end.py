@@ -131,9 +131,11 @@ def test_offline_defaults_name_what_to_fetch(monkeypatch, tmp_path):
     monkeypatch.delenv("CROPPER_CLIP", raising=False)
     with pytest.raises(WeightsNotFoundError, match="local-dir:"):
         Cropper(vlm="http://127.0.0.1:9/v1")  # the default CLIP, ViT-L-14:openai
-    with pytest.raises(WeightsNotFoundError, match="Qwen/Qwen3-VL-8B-Instruct") as info:
-        Cropper(clip=None, head=None)  # the default VLM
-    assert "download" in str(info.value)
+    from cropper import defaults
+
+    with pytest.raises(WeightsNotFoundError, match=defaults.default_vlm()) as info:
+        Cropper(clip=None, head=None)  # the default VLM for this machine
+    assert "hf download" in str(info.value) and "--vlm DIR" in str(info.value)
 
 
 def test_the_bank_in_the_environment_brings_its_own_clip(

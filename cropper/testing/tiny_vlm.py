@@ -135,6 +135,9 @@ def build_tiny_qwen_vl(
             torch.manual_seed(seed)
             model = transformers.AutoModelForImageTextToText.from_config(config)
         _set_generation_config(model.generation_config, processor.tokenizer)
+        from cropper.vlm.transformers_engine import quiet_loading_bar
+
+        quiet_loading_bar()  # no "Writing model shards" bar unless cropper logs at INFO
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the checkpoint from other users

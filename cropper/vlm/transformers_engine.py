@@ -56,7 +56,7 @@ def to_chat_messages(conversation: Conversation) -> list[dict[str, Any]]:
     return messages
 
 
-def _quiet_loading_bar() -> None:
+def quiet_loading_bar() -> None:
     """No "Loading weights" bar unless cropper logs at INFO (``-v``); download bars stay.
 
     transformers draws its loading bar when its module flag says so; the public switch
@@ -155,7 +155,7 @@ class TransformersVLM(VLM):
         self.dtype = _resolve_dtype(dtype, self.device)
         self.static_cache = resolve_static_cache(static_cache, self.device)
         source = self._source(self.name)
-        _quiet_loading_bar()
+        quiet_loading_bar()
         try:
             self.processor = transformers.AutoProcessor.from_pretrained(
                 source, trust_remote_code=trust_remote_code
