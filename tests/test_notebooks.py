@@ -96,3 +96,11 @@ def test_a_notebook_runs_top_to_bottom_offline(name, demo_dir, monkeypatch):
         if out.output_type == "error"
     ]
     assert not errors
+    # Progress bars draw as widgets (tqdm.auto with ipywidgets): no "IProgress not found".
+    text = " ".join(
+        str(out.get("text", ""))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+    )
+    assert "IProgress" not in text

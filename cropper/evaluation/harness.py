@@ -187,7 +187,7 @@ def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
 def _progress(items: Sequence[EvalPhoto], enabled: bool) -> Iterable[EvalPhoto]:
     if not enabled:
         return items
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     return tqdm(items, desc="cropping", unit="photo", disable=None)  # None: off when no terminal
 

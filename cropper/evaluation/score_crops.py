@@ -98,6 +98,6 @@ def _batches(items: Iterable[EvalPhoto], size: int) -> Iterable[list[EvalPhoto]]
 def _bar(photos: Sequence[EvalPhoto], enabled: bool) -> Iterable[EvalPhoto]:
     if not enabled:
         return photos
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     return tqdm(photos, desc="scoring crops", unit="photo", disable=None)
