@@ -238,3 +238,22 @@ def test_a_run_prints_no_line_of_another_library(photo):
     assert run.returncode == 0, run.stderr
     assert all(line.startswith("cropper: ") for line in run.stderr.splitlines()), run.stderr
     assert Image.open(photo).size == (320, 240)
+
+
+def test_transformers_loading_bars_only_with_verbose(monkeypatch):
+    import transformers.utils.logging as hf_logging
+
+    from cropper.vlm import transformers_engine
+
+    logger = transformers_engine.logger
+    before = logger.level
+    monkeypatch.setattr(hf_logging, "_tqdm_active", True)
+    try:
+        logger.setLevel(logging.INFO)
+        transformers_engine.quiet_loading_bar()
+        assert hf_logging.is_progress_bar_enabled()  # -v: the bar stays
+        logger.setLevel(logging.WARNING)
+        transformers_engine.quiet_loading_bar()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        logger.setLevel(before)
