@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 
 class CropperError(Exception):
     """Base of every error cropper raises on purpose.
@@ -62,3 +65,19 @@ class ParseError(CropperError, ValueError):
 
 class ExemplarIndexError(CropperError):
     """An exemplar bank that is missing, corrupt or built for another embedder."""
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as a one-line message shows it: cut short however long, nested or large.
+
+    A JSON integer may run to thousands of digits (past which ``repr`` itself refuses),
+    and a list may nest thousands deep: neither may make a message unreadable.
+    """
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxlong, short.maxstring = 3, 6, 24, 40
+    short.maxother = limit
+    try:
+        text = short.repr(value)
+    except ValueError:  # an integer past Python's digit limit for str()
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cropper.errors import ConfigError
+from cropper.errors import ConfigError, shown
 from cropper.tasks import TASKS, check_task
 from retrieval.embedder import Embedder
 
@@ -67,7 +67,7 @@ class Weights:
         if bad:
             raise ConfigError(
                 f"score weights must be finite numbers >= 0 (at most about 1e308), got "
-                f"{', '.join(f'{t}={_shown(getattr(self, t))}' for t in bad)}"
+                f"{', '.join(f'{t}={shown(getattr(self, t))}' for t in bad)}"
             )
 
 
@@ -79,14 +79,6 @@ def _usable_weight(value: Any) -> bool:
     except OverflowError:  # an integer beyond any float
         return False
     return math.isfinite(number) and number >= 0
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an integer past Python's digit limit
-        text = f"<{type(value).__name__} too large to show>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 #: The paper's choice: aesthetics and area for free-form and subject-aware crops,

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cropper.boxes import Box, Size
-from cropper.errors import ConfigError
+from cropper.errors import ConfigError, shown
 
 Task = Literal["free", "subject", "aspect"]
 TASKS: tuple[str, ...] = ("free", "subject", "aspect")
@@ -80,11 +80,11 @@ def parse_ratio(ratio: Any) -> Ratio:
         exact = None
     if exact is None or exact <= 0:
         raise ConfigError(
-            f"aspect ratio {_shown(ratio)} is not valid: write it as W:H, e.g. '16:9'"
+            f"aspect ratio {shown(ratio)} is not valid: write it as W:H, e.g. '16:9'"
         )
     if not Fraction(1, MAX_RATIO) <= exact <= MAX_RATIO:
         raise ConfigError(
-            f"aspect ratio {_shown(ratio)} is too extreme to crop: use one from 1:1000 to "
+            f"aspect ratio {shown(ratio)} is too extreme to crop: use one from 1:1000 to "
             "1000:1 (width:height)"
         )
     value = float(exact)
@@ -153,7 +153,7 @@ def subject_from_spec(spec: Any, size: Size) -> Subject | str | None:
             values = [math.nan]
         if not all(math.isfinite(v) and 0 <= v <= 1 for v in values):
             raise ConfigError(
-                f"subject {_shown(tuple(spec))} must be numbers from 0 to 1, in normalized "
+                f"subject {shown(tuple(spec))} must be numbers from 0 to 1, in normalized "
                 "coordinates: a point (x, y) or a box (x0, y0, x1, y1)"
             )
         if len(values) == 2:
@@ -161,7 +161,7 @@ def subject_from_spec(spec: Any, size: Size) -> Subject | str | None:
         box = Box(*values)
         return Subject(box.center, box, source="box")
     raise ConfigError(
-        f"subject {_shown(spec)} not understood: give a point (x, y), a box (x0, y0, x1, y1), "
+        f"subject {shown(spec)} not understood: give a point (x, y), a box (x0, y0, x1, y1), "
         "a mask, or a text phrase"
     )
 
@@ -205,15 +205,6 @@ def _check_mask_size(mask_size: Size, size: Size, name: str) -> None:
             f"{name}: the subject mask is {mask_size[0]}x{mask_size[1]} but the photo is "
             f"{size[0]}x{size[1]}; give a mask of the photo's size"
         )
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` for a message, cut short (a huge integer has no repr at all)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer past Python's digit limit
-        text = f"<{type(value).__name__} too large to show>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _numbers(text: str) -> list[float] | None:

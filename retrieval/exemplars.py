@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from cropper.boxes import Box, Size
-from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.errors import ConfigError, ExemplarIndexError, shown
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +243,7 @@ def _pixel_boxes(values: Any, size: Size) -> tuple[Box, ...]:
     boxes = []
     for value in values:
         if not _numbers(value, 4):
-            raise ConfigError(f"crop {_shown(value)} is not [left, top, right, bottom] in pixels")
+            raise ConfigError(f"crop {shown(value)} is not [left, top, right, bottom] in pixels")
         try:
             boxes.append(Box.from_pixels(value, size))
         except ConfigError:
@@ -265,17 +264,10 @@ def _subject(value: Any, size: Size) -> Point | None:
     elif _numbers(value, 4):
         x, y = (value[0] + value[2]) / 2, (value[1] + value[3]) / 2
     else:
-        raise ConfigError(f"subject {_shown(value)} is neither a pixel point [x, y] nor a box")
+        raise ConfigError(f"subject {shown(value)} is neither a pixel point [x, y] nor a box")
     if not (0 <= x <= w and 0 <= y <= h):
         raise ConfigError(f"subject {value} lies outside the {w}x{h} photo")
     return x / w, y / h
-
-
-def _shown(value: Any) -> str:
-    """A value as a message shows it: cut short however long or deeply nested it is."""
-    short = reprlib.Repr()
-    short.maxlevel, short.maxlist, short.maxlong, short.maxstring = 3, 6, 24, 40
-    return short.repr(value)
 
 
 def _numbers(value: Any, count: int) -> bool:

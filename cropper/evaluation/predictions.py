@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from cropper import metrics
 from cropper.boxes import Size
-from cropper.errors import ConfigError
+from cropper.errors import ConfigError, shown
 from cropper.evaluation.truth import GroundTruth, PixelBox, TruthSet
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def evaluate_scores(truths: TruthSet, predictions_path: str | os.PathLike) -> di
             )
         for value in scores:
             if not _finite_number(value):
-                raise _Unusable(f"score {_shown(value)} is not a finite number")
+                raise _Unusable(f"score {shown(value)} is not a finite number")
         try:
             return metrics.photo_score_metrics(truth.scores, scores)
         except ValueError as exc:
@@ -219,7 +219,7 @@ def _size(truths: TruthSet, line: _Line, finder: PhotoFinder | None) -> Size:
 
     truth, given = line.truth, line.obj.get("size")
     if given is not None and not _is_size(given):
-        raise _Unusable(f'"size" {_shown(given)} is not [width, height] in pixels')
+        raise _Unusable(f'"size" {shown(given)} is not [width, height] in pixels')
     try:
         photo = None
         if finder is not None:
@@ -244,7 +244,7 @@ def _size(truths: TruthSet, line: _Line, finder: PhotoFinder | None) -> Size:
 def _clipped(value: Any, size: Size) -> PixelBox:
     """A predicted ``[l, t, r, b]`` clipped to the photo; ``_Unusable`` if it is no box."""
     if not (isinstance(value, list) and len(value) == 4 and all(map(_finite_number, value))):
-        raise _Unusable(f'"box" {_shown(value)} is not [left, top, right, bottom] in pixels')
+        raise _Unusable(f'"box" {shown(value)} is not [left, top, right, bottom] in pixels')
     left, top, right, bottom = (float(v) for v in value)
     if not (left < right and top < bottom):
         raise _Unusable(f'"box" {value} is empty or inverted: need left < right, top < bottom')
@@ -280,12 +280,6 @@ def _finite_number(value: Any) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an integer of hundreds of digits: beyond any float
         return False
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut short for a one-line reason (JSON integers may run to 4,300 digits)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_size(value: Any) -> bool:
