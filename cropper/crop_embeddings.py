@@ -1,29 +1,28 @@
 """Every rated crop of a dataset as a unit CLIP embedding, computed once and cached.
 
-:func:`embed_crops` decodes each photo once (in DataLoader workers when the embedder offers
-``transform`` and ``embed_pixels``, as :mod:`retrieval.build` does) and hands its crops to
-the embedder in batches that span photos. The result is cached, so a second run with the
-same inputs embeds nothing::
+:func:`embed_crops` embeds each photo's crops (a row each) through the shared pipeline of
+:mod:`retrieval.embedding_cache`, the one that builds the exemplar bank: each photo is
+decoded once (in DataLoader workers when the embedder offers ``transform`` and
+``embed_pixels``) and its crops go to the embedder in batches that span photos. The result
+is cached, so a second run with the same inputs embeds nothing::
 
     CACHE/<dataset>-<split>-<fingerprint>.npy    (crops, dim) float32; NaN rows: skipped photos
     CACHE/<dataset>-<split>-<fingerprint>.json   what it holds; written last, so it marks done
     CACHE/<dataset>-<split>-<fingerprint>.part/  chunks while embedding, so a stop resumes
 
-The fingerprint covers the embedder (name, dim, preprocessing), each photo (path, size,
-modification time) and its crop boxes; not the scores, which the embeddings do not depend on.
+The fingerprint (:func:`retrieval.embedding_cache.fingerprint`) covers the embedder (name,
+dim, preprocessing), each photo (path, size, modification time) and its crop boxes; not
+the scores, which the embeddings do not depend on.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,14 @@ import numpy as np
 
 from cropper.errors import ConfigError
 from cropper.fileio import atomic_path, write_text
-from cropper.images import load_image
+from retrieval.embedding_cache import (
+    DEFAULT_CHUNK_SIZE,
+    ChunkStore,
+    Item,
+    check_settings,
+    embed_items,
+    fingerprint,
+)
 from retrieval.exemplars import first_few
 
 if TYPE_CHECKING:
@@ -42,11 +48,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "cropper-crop-embeddings"
 CACHE_VERSION = 1
-#: Photos a cache chunk holds at most (a stop loses at most one chunk's work) ...
-CHUNK_PHOTOS = 128
-#: ... and a chunk is also saved after this long, so slow models lose little on a stop.
-FLUSH_SECONDS = 60.0
-_CHUNK = re.compile(r"chunk-(\d{8})-(\d{8})\.npy")
 
 
 # -- rated crops ------------------------------------------------------------------------------
@@ -160,6 +161,7 @@ def embed_crops(
     root: str | os.PathLike | None = None,
     split: str | None = None,
     num_workers: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
 ) -> EmbeddedCrops:
     """Embed every rated crop of ``exemplars``, reading and writing the cache in ``cache``.
@@ -167,22 +169,32 @@ def embed_crops(
     ``dataset``, ``root`` and ``split`` name the cache files and are recorded in their
     manifest. Photos that cannot be decoded are skipped and named in one warning; if none
     can, :class:`ConfigError`. ``embedder.embed`` (or ``embed_pixels``) is called with
-    batches that span photos; its own ``batch_size`` sets the model's batches.
+    batches that span photos; its own ``batch_size`` sets the model's batches. While
+    embedding, a chunk is saved every ``chunk_size`` photos (or few seconds), so a stopped
+    run resumes.
     """
-    from retrieval.build import default_workers
-
     exemplars = rated_only(exemplars, dataset)
-    counts = np.array([len(ex.crops) for ex in exemplars], dtype=np.int64)
+    workers = check_settings(num_workers=num_workers, chunk_size=chunk_size)
+    items = [Item(os.path.abspath(ex.image), tuple(ex.crops)) for ex in exemplars]
+    counts = np.array([item.rows for item in items], dtype=np.int64)
     dim = int(embedder.dim)
-    fingerprint = _fingerprint(embedder, exemplars)
-    workers = default_workers() if num_workers is None else num_workers
-    if workers < 0:
-        raise ConfigError(f"num_workers must be 0 or more, got {num_workers}")
-    store = _Cache(Path(cache), dataset, split, fingerprint) if cache is not None else None
+    key = fingerprint(embedder, items)
+    store = _Cache(Path(cache), dataset, split, key) if cache is not None else None
     rows, failed = store.read(counts, dim) if store is not None else (None, None)
     embedded = 0
     if rows is None or failed is None:
-        rows, failed, embedded = _embed_all(exemplars, counts, embedder, store, workers, progress)
+        chunks = ChunkStore.open(store.part, key, len(items)) if store is not None else None
+        result = embed_items(
+            items,
+            embedder,
+            chunks,
+            batch_rows=int(getattr(embedder, "batch_size", 64) or 64),
+            num_workers=workers,
+            chunk_size=chunk_size,
+            label="embedding crops",
+            progress=progress,
+        )
+        rows, failed, embedded = result.rows, result.failed, result.embedded
         if store is not None and len(failed) < len(exemplars):
             about = {
                 "embedder": str(embedder.name),
@@ -192,6 +204,8 @@ def embed_crops(
                 "split": split,
             }
             store.write(rows, counts, failed, about)
+        elif chunks is not None:
+            chunks.discard()  # nothing could be read: no work worth resuming
     else:
         log.info("crop embeddings of %s read from %s", dataset, store.npy if store else None)
     kept = [p for p in range(len(exemplars)) if p not in failed]
@@ -220,23 +234,6 @@ def embed_crops(
 
 def _named(image: str, why: str) -> str:
     return why if image in why else f"{image}: {why}"
-
-
-def _fingerprint(embedder: Any, exemplars: Sequence[Exemplar]) -> str:
-    """What the embeddings depend on: the embedder, each photo's file and its crop boxes."""
-    digest = hashlib.sha256()
-    head = [str(embedder.name), int(embedder.dim), getattr(embedder, "preprocess_info", None)]
-    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for ex in exemplars:
-        path = os.path.abspath(ex.image)
-        try:
-            stat = os.stat(path)
-            mark = [stat.st_size, stat.st_mtime_ns]
-        except OSError:
-            mark = None  # missing: skipped now; a photo that appears later changes the key
-        boxes = [[round(v, 6) for v in (b.x0, b.y0, b.x1, b.y1)] for b in ex.crops]
-        digest.update(json.dumps([path, mark, boxes]).encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
 
 
 class _Cache:
@@ -289,229 +286,6 @@ class _Cache:
         write_text(self.manifest, json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(self.part, ignore_errors=True)
 
-    # -- chunks of photos [start, stop), so that a stopped run resumes --------------------------
-    def _chunk(self, start: int, stop: int, suffix: str = ".npy") -> Path:
-        return self.part / f"chunk-{start:08d}-{stop:08d}{suffix}"
-
-    def load_chunks(self, rows: np.ndarray, ends: np.ndarray, failed: dict[int, str]) -> np.ndarray:
-        """Fill ``rows`` and ``failed`` from the saved chunks; return which photos they cover."""
-        done = np.zeros(len(ends) - 1, dtype=bool)
-        for path in sorted(self.part.glob("chunk-*.npy")):
-            match = _CHUNK.fullmatch(path.name)
-            try:
-                start, stop = (int(v) for v in match.groups()) if match else (-1, -1)
-                if not (0 <= start < stop < len(ends)) or done[start:stop].any():
-                    raise ValueError(f"photos {start}-{stop} do not fit")
-                chunk = np.load(path, allow_pickle=False)
-                if chunk.shape != (ends[stop] - ends[start], rows.shape[1]):
-                    raise ValueError(f"shape {chunk.shape}")
-                failures = self._chunk(start, stop, ".failed.json")
-                if failures.is_file():
-                    failed.update({int(p): str(w) for p, w in json.loads(failures.read_text())})
-            except (OSError, ValueError, TypeError) as exc:
-                log.info("%s: damaged or foreign chunk (%s); embedding its photos again", path, exc)
-                path.unlink(missing_ok=True)
-                continue
-            rows[ends[start] : ends[stop]] = chunk
-            done[start:stop] = True
-        return done
-
-    def save_chunk(
-        self, start: int, stop: int, rows: np.ndarray, failed: list[tuple[int, str]]
-    ) -> None:
-        """The failures first, then the rows, whose file marks the chunk done."""
-        self.part.mkdir(parents=True, exist_ok=True)
-        if failed:
-            write_text(self._chunk(start, stop, ".failed.json"), json.dumps(failed) + "\n")
-        with atomic_path(self._chunk(start, stop)) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, rows, allow_pickle=False)
-
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "x"
-
-
-class _Pending:
-    """Photos embedded since the last chunk was saved: one contiguous run ``[start, stop)``."""
-
-    def __init__(self, cache: _Cache | None, rows: np.ndarray, ends: np.ndarray, failed: dict):
-        self.cache, self.rows, self.ends, self.failed = cache, rows, ends, failed
-        self.start = self.stop = 0
-        self.since = time.monotonic()
-
-    def add(self, position: int) -> None:
-        if self.stop > self.start and position != self.stop:
-            self.flush()  # a gap (photos a stopped run had done): chunks are contiguous
-        if self.stop == self.start:
-            self.start = self.stop = position
-        self.stop = position + 1
-        if self.stop - self.start >= CHUNK_PHOTOS or time.monotonic() - self.since > FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.cache is not None and self.stop > self.start:
-            start, stop = self.start, self.stop
-            failed = [(p, w) for p, w in self.failed.items() if start <= p < stop]
-            rows = self.rows[self.ends[start] : self.ends[stop]]
-            self.cache.save_chunk(start, stop, rows, failed)
-        self.start = self.stop = 0
-        self.since = time.monotonic()
-
-
-def _embed_all(
-    exemplars: list[Exemplar],
-    counts: np.ndarray,
-    embedder: Any,
-    cache: _Cache | None,
-    workers: int,
-    progress: bool,
-) -> tuple[np.ndarray, dict[int, str], int]:
-    """Rows for every crop (NaN: the photo did not load), why those did not, crops embedded now."""
-    from tqdm.auto import tqdm
-
-    ends = np.concatenate([[0], np.cumsum(counts)])
-    rows = np.full((int(ends[-1]), int(embedder.dim)), np.nan, dtype=np.float32)
-    failed: dict[int, str] = {}
-    done = cache.load_chunks(rows, ends, failed) if cache is not None else np.zeros(0, bool)
-    todo = [p for p in range(len(exemplars)) if not (cache is not None and done[p])]
-    if len(todo) < len(exemplars):
-        log.info(
-            "resuming: %d of %d photos' crops were embedded before",
-            len(exemplars) - len(todo),
-            len(exemplars),
-        )
-    pending = _Pending(cache, rows, ends, failed)
-    # disable=None turns the bar off when not writing to a terminal.
-    bar = tqdm(
-        total=len(exemplars),
-        initial=len(exemplars) - len(todo),
-        desc="embedding crops",
-        unit="photo",
-        disable=None if progress else True,
-    )
-    photos = _embedded_photos(exemplars, embedder, todo, workers)
-    try:
-        with contextlib.closing(photos), bar:
-            for position, vectors, why in photos:
-                if why is None:
-                    rows[ends[position] : ends[position + 1]] = vectors
-                else:
-                    failed[position] = why
-                pending.add(position)
-                bar.update(1)
-            pending.flush()
-    except BaseException:
-        # Stopped or failed: keep what was embedded, so that the next run resumes after it.
-        with contextlib.suppress(Exception):
-            pending.flush()
-        if cache is not None:
-            log.warning("embedding crops stopped; run again with the same inputs to resume")
-        raise
-    embedded = sum(int(counts[p]) for p in todo if p not in failed)
-    return rows, failed, embedded
-
-
-# -- decoding and embedding photos' crops ------------------------------------------------------
-
-
-class _PhotoCrops:
-    """Position -> ``(position, crops or None, why or None)``; runs in DataLoader workers.
-
-    With a ``transform`` the crops are one ``(n, 3, H, W)`` tensor, else PIL images.
-    """
-
-    def __init__(self, exemplars: list[Exemplar], transform: Callable[[Any], Any] | None):
-        self.exemplars, self.transform = exemplars, transform
-
-    def __len__(self) -> int:
-        return len(self.exemplars)
-
-    def __getitem__(self, position: int) -> tuple[int, Any, str | None]:
-        exemplar = self.exemplars[position]
-        try:
-            image = load_image(exemplar.image)
-            crops = [image.crop(box.to_pixels(image.size)) for box in exemplar.crops]
-            if self.transform is None:
-                return position, crops, None
-            import torch
-
-            return position, torch.stack([self.transform(crop) for crop in crops]), None
-        except Exception as exc:  # one bad photo must not stop the run: skip it, report it
-            return position, None, " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _as_is(item: Any) -> Any:
-    return item
-
-
-def _decoded(
-    exemplars: list[Exemplar], embedder: Any, todo: list[int], workers: int
-) -> Iterator[tuple[int, Any, str | None]]:
-    """Each photo of ``todo`` decoded and cropped, in order: in workers when the embedder can."""
-    if not (hasattr(embedder, "transform") and hasattr(embedder, "embed_pixels")):
-        source = _PhotoCrops(exemplars, None)
-        yield from (source[p] for p in todo)
-        return
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(
-        _PhotoCrops(exemplars, embedder.transform),
-        batch_size=None,  # one photo an item: its crops are the batch's unit
-        sampler=todo,
-        num_workers=workers if len(todo) > 1 else 0,
-        collate_fn=_as_is,
-        pin_memory=str(getattr(embedder, "device", "cpu")).startswith("cuda"),
-    )
-    iterator = iter(loader)
-    try:
-        yield from iterator
-    finally:
-        # Stop the workers now: a traceback kept by a notebook would keep them alive.
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-
-
-def _embedded_photos(
-    exemplars: list[Exemplar], embedder: Any, todo: list[int], workers: int
-) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """``(position, unit rows or None, why or None)`` a photo, embedded in batches across photos."""
-    batch = int(getattr(embedder, "batch_size", 64) or 64)
-    waiting: list[tuple[int, Any, str | None]] = []
-    decoded = _decoded(exemplars, embedder, todo, workers)
-    with contextlib.closing(decoded):
-        for item in decoded:
-            waiting.append(item)
-            if sum(len(crops) for _, crops, _ in waiting if crops is not None) >= batch:
-                yield from _embed_waiting(embedder, waiting)
-                waiting = []
-        yield from _embed_waiting(embedder, waiting)
-
-
-def _embed_waiting(
-    embedder: Any, waiting: list[tuple[int, Any, str | None]]
-) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """One embedder call for the crops of the waiting photos; then each photo's rows."""
-    loaded = [crops for _, crops, why in waiting if why is None]
-    if loaded:
-        if hasattr(loaded[0], "shape"):  # tensors from the embedder's own transform
-            import torch
-
-            out = embedder.embed_pixels(torch.cat(loaded))
-        else:
-            out = embedder.embed([crop for crops in loaded for crop in crops])
-        out = np.asarray(out, dtype=np.float32)
-        total = sum(len(crops) for crops in loaded)
-        if out.shape != (total, int(embedder.dim)) or not np.isfinite(out).all():
-            raise ConfigError(
-                f"embedder {embedder.name!r} returned shape {out.shape} (or non-finite values) "
-                f"for {total} crops, expected ({total}, {embedder.dim}) finite values"
-            )
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    cursor = 0
-    for position, crops, why in waiting:
-        if why is not None:
-            yield position, None, why
-            continue
-        yield position, out[cursor : cursor + len(crops)], None
-        cursor += len(crops)

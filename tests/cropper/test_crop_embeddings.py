@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropper import crop_embeddings
 from cropper.boxes import Box
 from cropper.crop_embeddings import RatedCrops, embed_crops, rated_only
 from cropper.errors import ConfigError
@@ -113,15 +112,16 @@ def test_scores_are_not_part_of_the_key(tmp_path):
     assert embedder.calls == [] and result.crops.mos[:4].tolist() == [9, 8, 7, 6]
 
 
-def test_a_stopped_run_resumes_where_it_stopped(tmp_path, monkeypatch):
-    monkeypatch.setattr(crop_embeddings, "CHUNK_PHOTOS", 1)  # save after every photo
+def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
     exemplars, cache = photos(tmp_path, count=6), tmp_path / "cache"
-    with pytest.raises(KeyboardInterrupt):
-        embed_crops(exemplars, ToyEmbedder(batch_size=4, stop_after=3), cache, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # chunk_size 1: a chunk saved after every photo
+        embed_crops(
+            exemplars, ToyEmbedder(batch_size=4, stop_after=3), cache, chunk_size=1, progress=False
+        )
     assert len(list(cache.glob("*.part/chunk-*.npy"))) == 3
 
     embedder = ToyEmbedder(batch_size=4)
-    resumed = embed_crops(exemplars, embedder, cache, progress=False)
+    resumed = embed_crops(exemplars, embedder, cache, chunk_size=1, progress=False)
     assert sum(embedder.calls) == 12 and resumed.embedded == 12  # the last 3 photos only
     fresh = embed_crops(exemplars, ToyEmbedder(), progress=False)
     np.testing.assert_allclose(resumed.crops.vectors, fresh.crops.vectors, rtol=1e-6)
