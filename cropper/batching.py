@@ -6,7 +6,8 @@ is driven by answering each request at once (:func:`drive_one`); many photos by
 advancing every photo to its next request, then answering all the requests of a kind
 with one call (:func:`drive_many`): one ``vlm.generate`` for every photo's round-k
 prompts (in-process backends batch them, the server backend keeps them in flight
-together), one embedder pass for every photo's crops.
+together), one embedder pass for every photo's crops. A batch's ``concurrency`` goes
+with each model call; the backend's own settings are never changed.
 """
 
 from __future__ import annotations
@@ -54,10 +55,20 @@ Steps = Generator[Request, Any, Any]  # yields requests, receives answers, retur
 
 
 class Server:
-    """Answers a list of requests with as few model calls as it can."""
+    """Answers a list of requests with as few model calls as it can.
 
-    def __init__(self, vlm: Any, embedder: Any, scorer: Any):
+    ``concurrency`` goes with every VLM call (:meth:`~cropper.vlm.base.VLM.generate_each`):
+    the conversations a call has at once, requests in flight on a server, a batch
+    in-process; ``None``: the backend's own bound.
+    """
+
+    def __init__(self, vlm: Any, embedder: Any, scorer: Any, concurrency: int | None = None):
         self.vlm, self.embedder, self.scorer = vlm, embedder, scorer
+        self.concurrency = concurrency
+
+    def bounded(self, concurrency: int | None) -> Server:
+        """A server like this one for a batch whose VLM calls have ``concurrency`` at once."""
+        return Server(self.vlm, self.embedder, self.scorer, concurrency)
 
     def answer(self, requests: Sequence[Request]) -> list[Any]:
         """One answer per request, in order; an error is the answer of the requests it hit.
@@ -82,7 +93,9 @@ class Server:
 
     def _generate(self, requests: list[Generate]) -> list[list[str] | VLMError]:
         # A photo's own failure (an image its processor refuses) is its answer alone.
-        return self.vlm.generate_each([r.prompt for r in requests], requests[0].sampling)
+        return self.vlm.generate_each(
+            [r.prompt for r in requests], requests[0].sampling, concurrency=self.concurrency
+        )
 
     def _embed(self, requests: list[Embed]) -> list[np.ndarray]:
         return list(self.embedder.embed([r.photo for r in requests]))
@@ -156,9 +169,9 @@ def pipelined(
 
     Rounds move together within a chunk, so between two rounds the model would idle
     while the client parses, scores and builds the next prompts. A second chunk in
-    flight keeps it busy meanwhile; the backend's own bound on requests in flight
-    still holds, as the threads share it. The first error stops the other lanes
-    taking new chunks and is raised here.
+    flight keeps it busy meanwhile (for a backend whose calls overlap); the bound on
+    requests in flight still holds, as the threads' calls share it. The first error
+    stops the other lanes taking new chunks and is raised here.
     """
     if lanes <= 1:
         for chunk in chunks:

@@ -48,21 +48,17 @@ def vlm_spec(vlm: Any) -> Any:
 def make_vlm(vlm: Any, api_key: str | None = None, options: dict | None = None) -> Any:
     """The VLM, loaded; ``None`` when the spec names none.
 
-    ``options`` go to a server backend's constructor (``timeout=``, ``max_retries=``).
+    ``options`` go to the backend's constructor (a server's ``timeout=``, ``max_retries=``);
+    the registry (:mod:`cropper.vlm`) refuses those it does not take. ``api_key`` goes to a
+    backend that takes one.
     """
-    from cropper.vlm import load_vlm
+    from cropper.vlm import entry_for, load_vlm
 
     spec = vlm_spec(vlm)
     if spec is None:
         return None
     kwargs = dict(options or {})
-    server = isinstance(spec, str) and "://" in spec
-    if kwargs and not server:
-        raise ConfigError(
-            f"VLM {spec!r} takes no {', '.join(sorted(kwargs))}: those options apply to a "
-            "server URL (http://host:8000/v1)"
-        )
-    if api_key and server:
+    if api_key and isinstance(spec, str) and "api_key" in entry_for(spec).options:
         kwargs["api_key"] = api_key
     return load_vlm(spec, **kwargs)
 

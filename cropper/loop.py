@@ -350,18 +350,22 @@ class Cropper:
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise ConfigError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
         size = concurrency or DEFAULT_CHUNK
-        # A server gets two chunks at once: one is served while the other's next round is
-        # prepared. In-process backends compute in the calling thread: one at a time.
-        lanes = 2 if hasattr(self.vlm, "max_concurrency") and len(images) > 1 else 1
+        # A backend whose calls overlap (a server) gets two chunks at once: one is served
+        # while the other's next round is prepared. In-process engines compute in the
+        # calling thread: one at a time.
+        overlaps = self.vlm is not None and self.vlm.overlaps_calls
+        lanes = 2 if overlaps and len(images) > 1 else 1
         chunks = chunk_photos(images, size, PIXELS_IN_FLIGHT // lanes)
+        # The batch's bound goes with each VLM call; the backend's own is left as it is.
+        server = self._server.bounded(concurrency)
 
         def run(positions: list[int]) -> Iterator[tuple[int, CropResult | CropperError]]:
             if self._no_vlm is not None:
                 return self._crop_each_without_vlm(images, positions, task, subject, ratio, cfg)
             steps = {i: self._steps(images[i], task, subject, ratio, cfg) for i in positions}
-            return drive_many(steps, self._server)
+            return drive_many(steps, server)
 
-        with _in_flight(self.vlm, concurrency), _progress_bar(len(images), progress) as bar:
+        with _progress_bar(len(images), progress) as bar:
             for i, result in pipelined(chunks, run, lanes):
                 bar.update(1)
                 yield i, result
@@ -786,20 +790,6 @@ def photo_pixels(image: ImageInput) -> int:
     except Exception:  # any: loading the photo will report what is wrong with it
         return UNKNOWN_PIXELS
     return UNKNOWN_PIXELS
-
-
-@contextlib.contextmanager
-def _in_flight(vlm: Any, concurrency: int | None) -> Iterator[None]:
-    """Let a server backend keep ``concurrency`` requests in flight for this batch."""
-    if concurrency is None or not hasattr(vlm, "max_concurrency"):
-        yield
-        return
-    before = vlm.max_concurrency
-    vlm.max_concurrency = concurrency
-    try:
-        yield
-    finally:
-        vlm.max_concurrency = before
 
 
 @contextlib.contextmanager

@@ -3,13 +3,16 @@
 ``load_vlm("http://host:8000/v1")`` talks to an OpenAI-compatible server;
 ``load_vlm("vllm:Qwen/Qwen3-VL-8B-Instruct")`` runs vLLM's engine in-process;
 anything else is a hub id or a local folder for transformers. Backends import
-their heavy dependencies only when built.
+their heavy dependencies only when built. The registry (:data:`BACKENDS`) also
+knows the options each backend takes, so that one it does not take is refused
+before anything loads.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,18 +39,62 @@ def _transformers(spec: str, **kwargs: Any) -> VLM:
     return TransformersVLM(spec.removeprefix("hf:"), **kwargs)
 
 
-#: Prefix of a VLM spec -> the backend factory it selects. The empty prefix is the default.
-BACKENDS: dict[str, Callable[..., VLM]] = {
-    "http://": _server,
-    "https://": _server,
-    "vllm:": _vllm,
-    "hf:": _transformers,
-    "": _transformers,
+@dataclass(frozen=True)
+class Backend:
+    """A registry entry: how to build a backend from a spec, and the options it takes."""
+
+    build: Callable[..., VLM]  # (spec, **options) -> the backend
+    what: str  # what such a spec is, for messages
+    options: frozenset[str] = frozenset()  # keyword options its constructor takes
+    engine_options: bool = False  # passes other keywords to its engine as they are
+    foreign: frozenset[str] = frozenset()  # refused all the same: never its engine's
+
+    def refused(self, options: Iterable[str]) -> list[str]:
+        """The options, of those given, that this backend does not take; sorted."""
+        return sorted(
+            name
+            for name in set(options)
+            if name in self.foreign or not (self.engine_options or name in self.options)
+        )
+
+
+#: The options of OpenAIServerVLM (cropper.vlm.openai_server), named here so that they are
+#: checked before httpx loads.
+SERVER_OPTIONS = frozenset({
+    "model", "api_key", "timeout", "max_retries", "concurrency", "max_concurrency",
+    "image_format", "structured_outputs", "backoff_initial", "backoff_max", "image_cache_mb",
+})  # fmt: skip
+#: The options of TransformersVLM (cropper.vlm.transformers_engine).
+TRANSFORMERS_OPTIONS = frozenset({
+    "device", "dtype", "batch_size", "constrained", "trust_remote_code", "static_cache",
+})  # fmt: skip
+
+_SERVER = Backend(_server, "a server URL (http://host:8000/v1)", SERVER_OPTIONS)
+_TRANSFORMERS = Backend(
+    _transformers, "a model run by transformers (a hub id or folder)", TRANSFORMERS_OPTIONS
+)
+
+#: Prefix of a VLM spec -> the backend it selects. The empty prefix is the default.
+BACKENDS: dict[str, Backend] = {
+    "http://": _SERVER,
+    "https://": _SERVER,
+    # vllm.LLM's engine arguments (max_model_len, gpu_memory_utilization, ...), as they are;
+    # a server's are refused, as a mistake (--timeout with a vllm: model).
+    "vllm:": Backend(
+        _vllm, "a model run by vLLM (vllm:MODEL)", engine_options=True, foreign=SERVER_OPTIONS
+    ),
+    "hf:": _TRANSFORMERS,
+    "": _TRANSFORMERS,
 }
 
 
 def backend_for(spec: str) -> Callable[..., VLM]:
     """The factory a spec selects; a malformed spec fails here, before anything loads."""
+    return entry_for(spec).build
+
+
+def entry_for(spec: str) -> Backend:
+    """The registry's entry for a spec; a malformed spec fails here, before anything loads."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(
             f"vlm must be a server URL, a model id or folder, or a VLM instance; got {spec!r}"
@@ -95,11 +142,48 @@ def _redacted(spec: str) -> str:
     return re.sub(r"(?<=//)[^/@]*@", "***@", spec)
 
 
+def check_options(spec: str | VLM, options: Iterable[str]) -> None:
+    """Refuse, in one line, options the backend a spec names does not take."""
+    options = list(options)
+    if not options:
+        return
+    if isinstance(spec, VLM):
+        raise ConfigError(
+            f"VLM {spec.name!r} is built already and takes no {', '.join(sorted(options))}: "
+            "pass them to its constructor"
+        )
+    refused = entry_for(spec).refused(options)
+    if not refused:
+        return
+    # Where they belong, if one kind of backend takes them all.
+    others = [b for b in dict.fromkeys(BACKENDS.values()) if not b.engine_options]
+    home = next((b for b in others if not b.refused(refused)), None)
+    if home is not None:
+        where = f"those options apply to {home.what}"
+    else:
+        where = f"it takes {', '.join(sorted(entry_for(spec).options)) or 'none'}"
+    raise ConfigError(f"VLM {spec!r} takes no {', '.join(refused)}: {where}")
+
+
 def load_vlm(spec: str | VLM, **kwargs: Any) -> VLM:
-    """Build the backend a spec names (a URL, ``vllm:MODEL``, or a hub id or folder)."""
+    """Build the backend a spec names (a URL, ``vllm:MODEL``, or a hub id or folder).
+
+    ``kwargs`` are the backend's options; one it does not take is refused
+    (:func:`check_options`) before it loads. A ready :class:`VLM` is returned as it is.
+    """
+    check_options(spec, kwargs)
     if isinstance(spec, VLM):
         return spec
-    return backend_for(spec)(spec.strip(), **kwargs)
+    return entry_for(spec).build(spec.strip(), **kwargs)
 
 
-__all__ = ["BACKENDS", "VLM", "Sampling", "backend_for", "load_vlm"]
+__all__ = [
+    "BACKENDS",
+    "VLM",
+    "Backend",
+    "Sampling",
+    "backend_for",
+    "check_options",
+    "entry_for",
+    "load_vlm",
+]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from cropper.errors import VLMError
+from cropper.errors import ConfigError, VLMError
 from cropper.messages import Conversation
 
 
@@ -25,7 +25,22 @@ class Sampling:
 
 
 class VLM(ABC):
-    """A vision-language model: a batch of conversations in, ``n`` replies each out."""
+    """A vision-language model: a batch of conversations in, ``n`` replies each out.
+
+    A backend implements :meth:`generate`; the rest has defaults. Two things say how it
+    takes work, so that callers need not know which backend it is:
+
+    - :attr:`max_in_flight`: how many conversations it takes at once as configured (a
+      server's requests in flight, an engine's batch size); ``None``, the default: no
+      bound of its own, a call's conversations go together.
+    - :attr:`overlaps_calls`: whether a call leaves the caller's thread free while the
+      model works (a server keeps requests in flight while the client prepares the next
+      ones), so that a batch gains by keeping a second call going; ``False``, the
+      default, for engines that compute in the calling thread.
+
+    A caller that wants another bound for one call passes ``concurrency`` to
+    :meth:`generate_each`; the backend's configuration is left as it is.
+    """
 
     #: A short name for logs and traces (a model id or a URL).
     name: str = "vlm"
@@ -33,6 +48,20 @@ class VLM(ABC):
     #: decoding, or a server asked for structured outputs). The loop reads replies that are
     #: not JSON then as a sign the schema was ignored, and says so.
     constrains_output: bool = False
+    #: Whether calls from several threads overlap usefully: the model works elsewhere (a
+    #: server) while the calling thread waits, so a batch runs two chunks at once, one
+    #: served while the other's next prompts are built. In-process engines compute in the
+    #: calling thread, where a second chunk would only wait its turn.
+    overlaps_calls: bool = False
+
+    @property
+    def max_in_flight(self) -> int | None:
+        """Conversations the backend takes at once as configured; ``None``: no bound.
+
+        A server's requests in flight, an engine's batch size. It is what a call without
+        ``concurrency`` gets; a call's ``concurrency`` does not change it.
+        """
+        return None
 
     @abstractmethod
     def generate(
@@ -45,7 +74,11 @@ class VLM(ABC):
         """
 
     def generate_each(
-        self, conversations: Sequence[Conversation], sampling: Sampling
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        *,
+        concurrency: int | None = None,
     ) -> list[list[str] | VLMError]:
         """:meth:`generate`, where a conversation that fails alone fails alone.
 
@@ -54,7 +87,29 @@ class VLM(ABC):
         processor refuses, a prompt too long) fails such a call for all: then each is
         asked again alone, and only the ones that fail alone get their error. An error that
         every request would meet (``every_request``) is raised, as it is no one photo's.
+
+        ``concurrency`` bounds the conversations this call has at once: requests in flight
+        on a server; here, conversations a :meth:`generate` call is given (an engine may
+        split them further by its own batch size), each group with a seed of its own.
+        ``None``: the backend's own bound (:attr:`max_in_flight`). It holds for this call
+        only.
         """
+        check_concurrency(concurrency)
+        conversations = list(conversations)
+        size = concurrency or len(conversations) or 1
+        answers: list[list[str] | VLMError] = []
+        for start in range(0, len(conversations), size):
+            group = conversations[start : start + size]
+            if start and sampling.seed is not None:  # groups do not repeat each other's draws
+                answers.extend(self._each(group, replace(sampling, seed=sampling.seed + start)))
+            else:
+                answers.extend(self._each(group, sampling))
+        return answers
+
+    def _each(
+        self, conversations: list[Conversation], sampling: Sampling
+    ) -> list[list[str] | VLMError]:
+        """One :meth:`generate` call; when it fails, each conversation asked alone."""
         try:
             return list(self.generate(conversations, sampling))
         except VLMError as exc:
@@ -78,3 +133,11 @@ class VLM(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_concurrency(value: Any, name: str = "concurrency") -> None:
+    """Refuse a bound on conversations at once that is not a whole number >= 1 (or None)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1; got {value!r}")

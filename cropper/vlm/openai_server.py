@@ -37,7 +37,7 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Coroutine, Hashable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -49,7 +49,7 @@ from PIL import Image
 from cropper.errors import ConfigError, VLMError
 from cropper.fetch import show_url
 from cropper.messages import Conversation, ImagePart, TextPart
-from cropper.vlm.base import VLM, Sampling
+from cropper.vlm.base import VLM, Sampling, check_concurrency
 
 log = logging.getLogger(__name__)
 
@@ -459,6 +459,52 @@ class _BackoffOrRetryAfter(tenacity.wait.wait_base):
 # --------------------------------------------------------------------------- event loop
 
 
+class _Slots:
+    """The requests in flight; each goes once fewer than its own call's bound are.
+
+    Calls share the count, whatever their bounds: the two chunks of a batch in flight at
+    once stay within the batch's bound together, and a call with a lower bound than the
+    backend's configured one holds to it without changing it. Waiting requests go in
+    the order they came. Used on the event loop's thread only.
+    """
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, bound: int) -> None:
+        if not self._waiting and self.busy < bound:
+            self.busy += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((bound, turn))
+        self._wake()  # those ahead may all have been cancelled
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # let in as it was cancelled: the slot goes to the next
+            else:
+                self._wake()  # one waiting behind it may go now
+            raise
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            bound, turn = self._waiting[0]
+            if turn.done():  # cancelled while it waited
+                self._waiting.popleft()
+                continue
+            if self.busy >= bound:
+                return
+            self._waiting.popleft()
+            self.busy += 1
+            turn.set_result(None)
+
+
 class _Loop:
     """A background event loop thread and the connections it keeps open.
 
@@ -474,8 +520,7 @@ class _Loop:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self._idle: list[httpx.AsyncClient] = []
-        self._slots: asyncio.Semaphore | None = None
-        self._size = 0
+        self._slots = _Slots()
         # Loading the CA bundle takes tens of ms: once, not once per connection.
         self._tls = httpx.create_ssl_context()
         self.thread = threading.Thread(
@@ -492,20 +537,20 @@ class _Loop:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     @contextlib.asynccontextmanager
-    async def lane(self, concurrency: int) -> AsyncIterator[httpx.AsyncClient]:
-        """One of ``concurrency`` request slots, with a connection of its own."""
-        if self._slots is None or self._size != concurrency:
-            # A changed bound holds from now on; requests in flight finish under the old one.
-            self._slots, self._size = asyncio.Semaphore(concurrency), concurrency
-        async with self._slots:
+    async def lane(self, bound: int) -> AsyncIterator[httpx.AsyncClient]:
+        """A request slot, taken once fewer than ``bound`` are; a connection of its own."""
+        await self._slots.acquire(bound)
+        try:
             client = self._idle.pop() if self._idle else self._client()
             try:
                 yield client
             finally:
-                if len(self._idle) < self._size:
+                if len(self._idle) < bound:
                     self._idle.append(client)
                 else:
                     await client.aclose()
+        finally:
+            self._slots.release()
 
     def _client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -546,11 +591,16 @@ class OpenAIServerVLM(VLM):
     to a bare ``http://host:port``). ``model`` defaults to the first the server
     lists at ``GET /models``; a named model is checked against that list. The
     API key comes from ``api_key``, else ``CROPPER_API_KEY``, else
-    ``OPENAI_API_KEY``, and is sent as a Bearer token only. ``concurrency`` (the
-    command line's ``--concurrency``; ``max_concurrency`` is an alias) bounds the
-    requests in flight; it may be changed between calls. ``close()`` (or a
-    ``with`` block) releases the connections and the background thread.
+    ``OPENAI_API_KEY``, and is sent as a Bearer token only. ``concurrency``
+    (``max_concurrency`` is an alias) bounds the requests in flight
+    (:attr:`max_in_flight`); a call's own ``concurrency`` (a batch's
+    ``--concurrency``) bounds that call's instead, leaving it as it is. Calls
+    overlap (:attr:`overlaps_calls`): the requests of several threads are in
+    flight together, within the bound of each. ``close()`` (or a ``with`` block)
+    releases the connections and the background thread.
     """
+
+    overlaps_calls = True  # requests are served while the calling thread prepares more
 
     def __init__(
         self,
@@ -604,16 +654,20 @@ class OpenAIServerVLM(VLM):
 
     @property
     def concurrency(self) -> int:
-        """Requests in flight at most (each with a connection of its own)."""
+        """Requests in flight at most, as configured (each with a connection of its own)."""
         return self._concurrency
 
     @concurrency.setter
     def concurrency(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"concurrency must be an integer >= 1; got {value!r}")
+        check_concurrency(value)
         self._concurrency = value
 
     max_concurrency = concurrency  # the older name, kept working
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests in flight at most when a call sets no ``concurrency`` of its own."""
+        return self._concurrency
 
     @property
     def constrains_output(self) -> bool:  # type: ignore[override]
@@ -627,14 +681,21 @@ class OpenAIServerVLM(VLM):
         return self._gather(conversations, sampling, each=False)  # type: ignore[return-value]
 
     def generate_each(
-        self, conversations: Sequence[Conversation], sampling: Sampling
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        *,
+        concurrency: int | None = None,
     ) -> list[list[str] | VLMError]:
         """Replies, or each request's own error; one that every request meets is raised.
 
         When every request of several fails, the cause is shared (the server is failing
-        or overloaded), and that is raised too, as an error that stops a batch.
+        or overloaded), and that is raised too, as an error that stops a batch. Up to
+        ``concurrency`` requests are in flight, counting other calls' (default: the
+        configured :attr:`concurrency`, which this leaves as it is).
         """
-        answers = self._gather(conversations, sampling, each=True)
+        check_concurrency(concurrency)
+        answers = self._gather(conversations, sampling, each=True, bound=concurrency)
         errors = [a for a in answers if isinstance(a, VLMError)]
         if len(answers) > 1 and len(errors) == len(answers):
             raise VLMError(
@@ -645,7 +706,12 @@ class OpenAIServerVLM(VLM):
         return answers
 
     def _gather(
-        self, conversations: Sequence[Conversation], sampling: Sampling, *, each: bool
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        *,
+        each: bool,
+        bound: int | None = None,
     ) -> list[list[str] | VLMError]:
         if sampling.n < 1:
             raise ConfigError(f"sampling.n must be at least 1; got {sampling.n}")
@@ -675,7 +741,7 @@ class OpenAIServerVLM(VLM):
                 body = build_chat_request(
                     messages, sampling, self.model, structured_outputs=self.structured_outputs
                 )
-                future = loop.submit(self._replies(loop, body, sampling.n))
+                future = loop.submit(self._replies(loop, body, sampling.n, bound))
                 future.add_done_callback(lambda f: ends_all(f) and failed.set())
                 futures.append(future)
             if not each:
@@ -715,7 +781,7 @@ class OpenAIServerVLM(VLM):
                 weakref.finalize(self, self._loop.close)
             return self._loop
 
-    async def _replies(self, loop: _Loop, body: dict, n: int) -> list[str]:
+    async def _replies(self, loop: _Loop, body: dict, n: int, bound: int | None) -> list[str]:
         """``n`` replies; asks again for the rest if a server returns fewer (ignores ``n``).
 
         A server that refuses ``n`` above 1 (llama.cpp answers HTTP 500 "Only one
@@ -729,11 +795,13 @@ class OpenAIServerVLM(VLM):
             if texts and "seed" in request:
                 request["seed"] = body["seed"] + len(texts)  # new seed, new replies
             try:
-                reply = await self._call(loop, "POST", "/chat/completions", request)
+                reply = await self._call(loop, "POST", "/chat/completions", request, bound)
             except VLMError as exc:
                 if want == 1 or exc.every_request or exc.retryable:
                     raise
-                reply = await self._call(loop, "POST", "/chat/completions", {**request, "n": 1})
+                reply = await self._call(
+                    loop, "POST", "/chat/completions", {**request, "n": 1}, bound
+                )
                 if self._many_choices:
                     self._many_choices = False
                     log.warning(
@@ -802,8 +870,18 @@ class OpenAIServerVLM(VLM):
             )
         self._model_checked = True
 
-    async def _call(self, loop: _Loop, method: str, endpoint: str, body: dict | None = None) -> Any:
+    async def _call(
+        self,
+        loop: _Loop,
+        method: str,
+        endpoint: str,
+        body: dict | None = None,
+        bound: int | None = None,
+    ) -> Any:
         """One API call in one request slot, with retries; returns the decoded JSON body.
+
+        The slot is taken once fewer than ``bound`` requests are in flight (default: the
+        configured :attr:`concurrency`, read now: it may change between calls).
 
         A failure that may pass is retried; an HTTP 500 whose message repeats the last
         one's is not: the server fails that request every time, which no wait mends.
@@ -829,7 +907,7 @@ class OpenAIServerVLM(VLM):
             reraise=True,
         )
         try:
-            async with loop.lane(self.concurrency) as client:
+            async with loop.lane(bound or self.concurrency) as client:
                 return await retrying(self._call_once, client, method, endpoint, body)
         except _Transient as exc:
             raise exc.final(retrying.statistics.get("attempt_number", 1)) from None

@@ -260,6 +260,11 @@ class TransformersVLM(VLM):
                 raise ConfigError(f"json_schema cannot be compiled by xgrammar: {exc}") from None
         return self._grammars[key]
 
+    @property
+    def max_in_flight(self) -> int:
+        """Conversations one ``model.generate`` call takes: ``batch_size``."""
+        return self.batch_size
+
     def generate(
         self, conversations: Sequence[Conversation], sampling: Sampling
     ) -> list[list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -155,6 +156,78 @@ def test_a_server_batch_runs_two_chunks_at_once_within_the_bound() -> None:
         in_flight = server.max_in_flight
     assert all(r.box is not None for r in results)
     assert in_flight == 2  # two lanes share the backend's bound of 2 in flight
+
+
+class GenerateOnly(VLM):
+    """A third party's backend: ``generate`` alone, every other part the base class's."""
+
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+        self.batches: list[int] = []
+
+    def generate(self, conversations, sampling):
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(len(conversations))
+        return [[json.dumps({"crops": [[100, 150, 900, 850]]})] * sampling.n] * len(conversations)
+
+
+def test_a_vlm_that_implements_only_generate_crops_one_photo_and_batches() -> None:
+    vlm = GenerateOnly()
+    assert vlm.max_in_flight is None and vlm.overlaps_calls is False  # the defaults
+    cropper = Cropper(vlm=vlm, clip=None, head=None, index=None)
+    assert cropper.crop(_photos(1)[0]).box is not None
+    results = cropper.crop_batch(_photos(5), concurrency=2)
+    assert all(r.box is not None for r in results)
+    # Its calls do not overlap: one chunk at a time, in the caller's thread.
+    assert vlm.threads == {threading.current_thread().name}
+    assert vlm.batches == [1, 1, 1] + [2, 2, 2, 2, 2, 2, 1, 1, 1]
+
+
+class BoundRecorder(BatchRecorder):
+    """Records the concurrency each call is given, and its own configured bound then."""
+
+    def __init__(self, configured: int) -> None:
+        super().__init__()
+        self.configured = configured
+        self.seen: list[tuple[int | None, int]] = []
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.configured
+
+    def generate_each(self, conversations, sampling, *, concurrency=None):
+        self.seen.append((concurrency, self.max_in_flight))
+        return super().generate_each(conversations, sampling, concurrency=concurrency)
+
+
+def test_a_batchs_concurrency_reaches_the_backend_and_leaves_its_own_bound() -> None:
+    vlm = BoundRecorder(configured=7)
+    cropper = Cropper(vlm=vlm, clip=None, head=None, index=None)
+    cropper.crop_batch(_photos(3), concurrency=3)
+    assert vlm.seen == [(3, 7)] * 3  # every round's call, the configured bound untouched
+    cropper.crop_batch(_photos(3))
+    assert vlm.seen[3:] == [(None, 7)] * 3  # none given: the backend's own
+    assert vlm.max_in_flight == 7
+
+
+def test_a_batchs_concurrency_bounds_a_server_without_changing_its_configured_bound() -> None:
+    from cropper.vlm.openai_server import OpenAIServerVLM
+
+    during: list[int] = []  # the backend's configured bound, read while each request is served
+
+    def latency(body: dict) -> float:
+        during.append(vlm.concurrency)
+        return 0.1
+
+    with OpenAICompatibleServer(latency=latency) as server:
+        vlm = OpenAIServerVLM(server.url, concurrency=16)
+        cropper = Cropper(vlm=vlm, clip=None, head=None, index=None)
+        results = cropper.crop_batch(_photos(8), concurrency=3, refine_rounds=0)
+        in_flight = server.max_in_flight
+        cropper.close()
+    assert all(r.box is not None for r in results)
+    assert in_flight == 3  # both lanes within the batch's bound
+    assert set(during) == {16} and len(during) == 8 and vlm.max_in_flight == 16
 
 
 def test_a_pixel_budget_sends_model_sized_photos_and_maps_boxes_back() -> None:

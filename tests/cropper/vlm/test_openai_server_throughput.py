@@ -98,15 +98,97 @@ def test_concurrency_can_change_between_calls_and_max_concurrency_is_its_alias()
     image = Image.new("RGB", (16, 12), "red")
     with OpenAICompatibleServer(latency=0.05) as server:
         vlm = OpenAIServerVLM(server.url, max_concurrency=2, **FAST)
-        assert vlm.concurrency == vlm.max_concurrency == 2
+        assert vlm.concurrency == vlm.max_concurrency == vlm.max_in_flight == 2
         vlm.generate([prompt(image, [], str(i)) for i in range(6)], Sampling())
         assert server.max_in_flight == 2
-        vlm.max_concurrency = 5  # what Cropper.crop_batch(concurrency=...) does
+        vlm.max_concurrency = 5  # a user's own setting, kept working
         vlm.generate([prompt(image, [], str(i)) for i in range(15)], Sampling())
-        assert vlm.concurrency == 5 and server.max_in_flight == 5
+        assert vlm.concurrency == vlm.max_in_flight == 5 and server.max_in_flight == 5
         vlm.close()
     with pytest.raises(ConfigError, match="concurrency"):
         vlm.concurrency = 0
+
+
+def test_a_calls_concurrency_bounds_that_call_and_leaves_the_configured_bound():
+    image = Image.new("RGB", (16, 12), "red")
+    during: list[int] = []  # the configured bound, read while each request is served
+
+    def latency(body: dict) -> float:
+        during.append(vlm.concurrency)
+        return 0.1
+
+    with OpenAICompatibleServer(latency=latency) as server:
+        vlm = OpenAIServerVLM(server.url, concurrency=16, **FAST)
+        batch = [prompt(image, [], str(i)) for i in range(12)]
+        answers = vlm.generate_each(batch, Sampling(), concurrency=3)
+        assert server.max_in_flight == 3 and len(answers) == 12
+        assert set(during) == {16} and vlm.max_in_flight == 16  # never rewritten
+        vlm.generate_each(batch, Sampling())  # the configured bound again
+        assert server.max_in_flight == 12
+        vlm.close()
+
+
+def test_threads_share_one_count_of_requests_in_flight_within_their_bound():
+    """Two chunks of a batch in flight at once hold, together, to the batch's bound."""
+    image = Image.new("RGB", (16, 12), "red")
+    with OpenAICompatibleServer(latency=0.1) as server:
+        with OpenAIServerVLM(server.url, concurrency=16, **FAST) as vlm:
+
+            def work(i: int) -> None:
+                batch = [prompt(image, [], f"{i}-{j}") for j in range(6)]
+                vlm.generate_each(batch, Sampling(), concurrency=3)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+        assert len(server.chat_requests) == 12 and server.max_in_flight == 3
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, True, 2.5])
+def test_a_calls_concurrency_below_one_is_refused(concurrency):
+    vlm = OpenAIServerVLM("http://127.0.0.1:1/v1", **FAST)
+    batch = [prompt(Image.new("RGB", (4, 4)), [])]
+    with pytest.raises(ConfigError, match="concurrency must be a whole number >= 1"):
+        vlm.generate_each(batch, Sampling(), concurrency=concurrency)
+
+
+def test_slots_let_requests_in_order_each_within_its_own_bound():
+    """A request goes once fewer than its bound are in flight; a cancelled one yields its turn."""
+    import asyncio
+
+    async def scenario() -> list[str]:
+        slots = openai_server._Slots()
+        order: list[str] = []
+
+        async def request(name: str, bound: int, hold: asyncio.Event) -> None:
+            await slots.acquire(bound)
+            order.append(name)
+            try:
+                await hold.wait()
+            finally:
+                slots.release()
+
+        first, later = asyncio.Event(), asyncio.Event()
+        a = asyncio.create_task(request("a", 2, first))
+        b = asyncio.create_task(request("b", 2, first))
+        await asyncio.sleep(0)
+        c = asyncio.create_task(request("c", 1, later))  # waits: 2 in flight, bound 1
+        d = asyncio.create_task(request("d", 4, later))  # behind c, in order
+        e = asyncio.create_task(request("e", 4, later))
+        await asyncio.sleep(0.01)
+        assert order == ["a", "b"] and slots.busy == 2
+        c.cancel()  # its turn passes to those behind it
+        await asyncio.sleep(0.01)
+        assert order == ["a", "b", "d", "e"] and slots.busy == 4
+        first.set()
+        later.set()
+        await asyncio.gather(a, b, d, e)
+        assert c.cancelled() and slots.busy == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "b", "d", "e"]
 
 
 def test_close_stops_the_thread_and_a_later_call_reopens():

@@ -9,6 +9,7 @@ JSON) are in ``test_openai_server.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import logging
@@ -344,7 +345,8 @@ def test_a_batch_cut_by_a_restart_stops_clearly_and_a_rerun_finishes(
 
         return OpenAIServerVLM(spec, **kwargs, max_retries=1, backoff_initial=0.01)
 
-    monkeypatch.setitem(vlm_registry.BACKENDS, "http://", few_retries)
+    entry = dataclasses.replace(vlm_registry.BACKENDS["http://"], build=few_retries)
+    monkeypatch.setitem(vlm_registry.BACKENDS, "http://", entry)
     out = tmp_path / "out"
     with OpenAICompatibleServer() as server:
         # Photos go 4 at a time, 3 rounds each: by the 16th request, some are done.
