@@ -20,7 +20,7 @@ as done once its ``.npy`` exists. A changed input (embedder, dimension, the phot
 their order, or a photo's size or modification time) starts over.
 
 One build writes a folder at a time: ``cropper index build`` holds the folder's
-:class:`~cropper.fileio.FolderLock` (see :func:`retrieval.index.bank_lock`); two
+:class:`~cropper.core.fileio.FolderLock` (see :func:`retrieval.index.bank_lock`); two
 builds sharing one ``.partial`` without it could assemble each other's rows.
 """
 
@@ -41,9 +41,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cropper.errors import ConfigError, ExemplarIndexError
-from cropper.fileio import atomic_path, write_text
-from cropper.images import load_image
+from cropper.core.errors import ConfigError, ExemplarIndexError
+from cropper.core.fileio import atomic_path, write_text
+from cropper.core.images import load_image
 from retrieval.exemplars import Exemplar, first_few
 
 log = logging.getLogger(__name__)
