@@ -35,7 +35,13 @@ from cropper.core.boxes import Box, fit_aspect
 from cropper.core.errors import ConfigError
 from cropper.core.images import ImageInput, load_image
 from cropper.core.tasks import TASKS, Ratio, Subject, check_request, subject_from_spec
-from cropper.scoring.saliency import CUT_WEIGHT, main_subject, saliency_map, saliency_share
+from cropper.scoring.saliency import (
+    CUT_WEIGHT,
+    main_subject,
+    saliency_crop_scores,
+    saliency_map,
+    saliency_share,
+)
 from cropper.scoring.scorer import Scorer, Weights
 
 log = logging.getLogger(__name__)
@@ -216,9 +222,10 @@ class SaliencyCrop(Baseline):
         return ("ranked by spectral-residual saliency (no model): what stands out is kept",)
 
     def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
-        kept = saliency_share(saliency_map(photo), boxes)
+        sal = saliency_map(photo)
+        scores = saliency_crop_scores(sal, boxes, cut_weight=self.cut_weight)
+        kept = saliency_share(sal, boxes)  # the score's terms, for the trace
         cut = 1.0 - np.array([b.area for b in boxes])
-        scores = (kept + self.cut_weight * cut) / (1.0 + self.cut_weight)
         return [
             (b, float(s), {"saliency": float(k), "cut": float(c)})
             for b, s, k, c in zip(boxes, scores, kept, cut, strict=True)

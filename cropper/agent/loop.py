@@ -287,15 +287,7 @@ class Cropper:
         """
         cfg = self.config.replace(**settings) if settings else self.config
         if self._no_vlm is not None:
-            result = self._no_vlm.crop(
-                image,
-                task,
-                subject=subject,
-                ratio=ratio,
-                allow_urls=cfg.allow_urls,
-                min_side=cfg.min_side,
-            )
-            return _with_top(result, cfg)
+            return self._crop_without_vlm(image, task, subject, ratio, cfg)
         return drive_one(self._steps(image, task, subject, ratio, cfg), self._server)
 
     def crop_batch(
@@ -379,17 +371,23 @@ class Cropper:
         assert self._no_vlm is not None
         for i in positions:
             try:
-                result = self._no_vlm.crop(
-                    images[i],
-                    task,
-                    subject=subject,
-                    ratio=ratio,
-                    allow_urls=cfg.allow_urls,
-                    min_side=cfg.min_side,
-                )
-                yield i, _with_top(result, cfg)
+                yield i, self._crop_without_vlm(images[i], task, subject, ratio, cfg)
             except CropperError as exc:
                 yield i, exc
+
+    def _crop_without_vlm(
+        self, image: ImageInput, task: str, subject: Any, ratio: Any, cfg: CropConfig
+    ) -> CropResult:
+        assert self._no_vlm is not None
+        result = self._no_vlm.crop(
+            image,
+            task,
+            subject=subject,
+            ratio=ratio,
+            allow_urls=cfg.allow_urls,
+            min_side=cfg.min_side,
+        )
+        return _with_top(result, cfg)
 
     def _steps(
         self, image: ImageInput, task: str, subject: Any, ratio: Any, cfg: CropConfig

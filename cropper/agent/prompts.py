@@ -23,9 +23,6 @@ from cropper.core.boxes import COORDS, Box, Size, check_coords, point_to_coords
 from cropper.core.errors import ConfigError, CropperError
 from cropper.core.messages import Conversation, ImagePart, Message, Part, TextPart
 
-TASKS = ("free", "subject", "aspect")
-STAGES = ("propose", "refine", "ground")
-
 # Placeholders that cannot occur in prompt text: NUL never survives a tokenizer.
 _MARK = re.compile(r"\x00(img|role):([a-z0-9]+)\x00")
 

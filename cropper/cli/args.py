@@ -17,48 +17,38 @@ from cropper.core.errors import ConfigError
 log = logging.getLogger("cropper")
 
 
-def positive_int(value: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
-    return number
+def _number(name: str, convert: Any, accept: Any, what: str) -> Any:
+    """An argparse type: ``convert`` the text, refusing what ``accept`` does not take."""
+
+    def check(value: str) -> Any:
+        try:
+            number = convert(value)
+        except ValueError:
+            number = None
+        if number is None or not accept(number):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}")
+        return number
+
+    check.__name__ = name  # argparse names the type in its messages
+    return check
 
 
-def positive_float(value: str) -> float:
-    """An argparse type: a finite number above 0."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not (0 < number < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value!r}")
-    return number
+positive_int = _number("positive_int", int, lambda n: n >= 1, "a whole number >= 1")
+non_negative_int = _number("non_negative_int", int, lambda n: n >= 0, "a whole number >= 0")
+positive_float = _number("positive_float", float, lambda n: 0 < n < float("inf"), "a number > 0")
+share = _number("share", float, lambda n: 0 <= n <= 1, "a number from 0 to 1")
 
 
-def non_negative_int(value: str) -> int:
-    """An argparse type: a whole number of at least 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value!r}")
-    return number
+def add_clip_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--clip`` for a command that embeds photos (a bank build, head training)."""
+    from cropper.core.defaults import DEFAULT_CLIP
+    from retrieval.embedder import SPEC_HELP
 
-
-def share(value: str) -> float:
-    """An argparse type: a number from 0 to 1."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not 0 <= number <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {value!r}")
-    return number
+    parser.add_argument(
+        "--clip",
+        default=DEFAULT_CLIP,
+        help=f"the embedder (default {DEFAULT_CLIP}): {SPEC_HELP}; {what}",
+    )
 
 
 def none_or(value: str) -> str | None:

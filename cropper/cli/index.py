@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cropper.core.defaults import DEFAULT_CLIP
-from retrieval.embedder import SPEC_HELP
+from cropper.cli.args import add_clip_argument
 
 
 def add_index_commands(commands: Any) -> None:
@@ -37,12 +36,7 @@ def add_index_commands(commands: Any) -> None:
     build.add_argument("--split", help="train, test, ... (default: all)")
     build.add_argument("--images", help="where the photos are, if not under --root")
     build.add_argument("--out", required=True, help="the bank folder to write")
-    build.add_argument(
-        "--clip",
-        default=DEFAULT_CLIP,
-        help=f"the embedder (default {DEFAULT_CLIP}): {SPEC_HELP}; the bank's manifest "
-        "records it, and the bank is searched with no other",
-    )
+    add_clip_argument(build, "the bank's manifest records it; the bank is searched with no other")
     build.add_argument(
         "--index-type",
         choices=["auto", "flat", "hnsw"],

@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cropper.core.defaults import DEFAULT_CLIP
+from cropper.cli.args import add_clip_argument
 from cropper.core.errors import ConfigError
-from retrieval.embedder import SPEC_HELP
 
 #: Datasets with their own train and test splits: train on one, validate on the other.
 SPLITS = {"gaicd": ("train", "test")}
@@ -46,12 +45,7 @@ def add_train_head_command(commands: Any) -> None:
     parser.add_argument("--root", required=True, help="the dataset's folder (or the .jsonl file)")
     parser.add_argument("--images", help="where the photos are, if not under --root")
     parser.add_argument("--out", required=True, help="the head to write, a .safetensors file")
-    parser.add_argument(
-        "--clip",
-        default=DEFAULT_CLIP,
-        help=f"the embedder the head reads (default {DEFAULT_CLIP}): {SPEC_HELP}; the "
-        "head's card records it, and the head runs on no other",
-    )
+    add_clip_argument(parser, "the head reads it; its card records it, and it runs on no other")
     parser.add_argument(
         "--split", help="the split to train on (default: train where the dataset has one)"
     )

@@ -19,6 +19,8 @@ import numpy as np
 from cropper.core.errors import ConfigError
 
 Size = tuple[int, int]
+#: A box in pixels as annotations and outputs write it: ``(left, top, right, bottom)``.
+PixelBox = tuple[float, float, float, float]
 Coords = Literal["norm1", "norm1000", "rel1000", "pixel"]
 
 #: The coordinate conventions a prompt or a model may use, and what each means.
@@ -110,16 +112,14 @@ class Box:
     @classmethod
     def from_xywh(cls, box: Sequence[float], size: Size) -> Box:
         """From pixel ``(x, y, w, h)`` (FCDB, SACD)."""
-        x, y, w, h = box
-        return cls.from_pixels((x, y, x + w, y + h), size)
+        return cls.from_pixels(xywh_to_xyxy(box), size)
 
     @classmethod
     def from_yxyx(
         cls, box: Sequence[float], coords: str = "norm1", size: Size | None = None
     ) -> Box:
         """From ``(y0, x0, y1, x1)`` order (GAICD annotations, Gemini)."""
-        y0, x0, y1, x1 = box
-        return cls.from_coords((x0, y0, x1, y1), coords, size)
+        return cls.from_coords(yxyx_to_xyxy(box), coords, size)
 
     # -- conversion --------------------------------------------------------
     def to_coords(self, coords: str, size: Size | None = None) -> tuple[float, ...]:
@@ -185,6 +185,18 @@ def _pixel_span(lo: float, hi: float, n: int) -> tuple[int, int]:
         a = min(max(math.floor((lo + hi) / 2 * n), 0), n - 1)
         b = a + 1
     return a, b
+
+
+def xywh_to_xyxy(box: Sequence[float]) -> PixelBox:
+    """``(x, y, w, h)`` (FCDB, SACD) as ``(left, top, right, bottom)``."""
+    x, y, w, h = box
+    return x, y, x + w, y + h
+
+
+def yxyx_to_xyxy(box: Sequence[float]) -> PixelBox:
+    """``(y0, x0, y1, x1)`` (GAICD, Gemini) as ``(left, top, right, bottom)``."""
+    y0, x0, y1, x1 = box
+    return x0, y0, x1, y1
 
 
 # -- array functions over (N, 4) xyxy; each copies its input --------------------

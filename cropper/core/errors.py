@@ -59,9 +59,6 @@ class VLMError(CropperError):
         return self.every_request
 
 
-class ParseError(CropperError, ValueError):
-    """Text that should hold boxes could not be read (never raised for model replies)."""
-
 
 class ExemplarIndexError(CropperError):
     """An exemplar bank that is missing, corrupt or built for another embedder."""

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cropper.core.boxes import Box, Size
+from cropper.core.boxes import Box, PixelBox, Size, xywh_to_xyxy, yxyx_to_xyxy
 from cropper.core.errors import ConfigError, ExemplarIndexError
 from cropper.core.images import PHOTO_SUFFIXES
 from retrieval.exemplars import (
@@ -75,7 +75,6 @@ log = logging.getLogger(__name__)
 #: float (a 400-digit integer), JSON nested too deep. Each is that entry's or file's fault.
 _BAD_DATA = (ValueError, OverflowError, RecursionError)
 
-PixelBox = tuple[float, float, float, float]
 PathLike = str | os.PathLike
 
 #: GAICD's single-JSON boxes are pixels of the photos scaled to this long side.
@@ -181,42 +180,51 @@ def load_gaicd(
     root: PathLike, split: str | None = None, *, images: PathLike | None = None
 ) -> list[Exemplar]:
     """GAICD in either form; photos in ``images`` (default ``root/images``, subfolders too)."""
-    folder = _folder(root, "gaicd")
-    photos = photo_folder("gaicd", folder, images)
-    return _exemplars(
-        read_gaicd(folder, split),
-        PhotoFinder(photos),
-        dataset_label("gaicd", folder, split),
-        f"<id>.jpg photos under {photos} (subfolders too)",
-    )
+    return _load_benchmark(
+        "gaicd", root, split, images, lambda folder, photos: read_gaicd(folder, split),
+        "<id>.jpg photos under {photos} (subfolders too)",
+    )  # fmt: skip
 
 
 def load_fcdb(
     root: PathLike, split: str | None = None, *, images: PathLike | None = None
 ) -> list[Exemplar]:
     """FCDB; photos in ``images`` (default ``root/images``, else ``root``), by id or url name."""
-    folder = _folder(root, "fcdb")
-    photos = photo_folder("fcdb", folder, images)
-    return _exemplars(
-        read_fcdb(folder, split),
-        PhotoFinder(photos),
-        dataset_label("fcdb", folder, split),
-        f"photos under {photos} named by Flickr id (<id>.jpg, <id>_...) or by the url's file name",
-    )
+    return _load_benchmark(
+        "fcdb", root, split, images, lambda folder, photos: read_fcdb(folder, split),
+        "photos under {photos} named by Flickr id (<id>.jpg, <id>_...) or by the url's file name",
+    )  # fmt: skip
 
 
 def load_sacd(
     root: PathLike, split: str | None = None, *, images: PathLike | None = None
 ) -> list[Exemplar]:
     """SACD; photos in ``images`` (default ``root/images``) as ``<name>.jpg``."""
-    folder = _folder(root, "sacd")
-    photos = photo_folder("sacd", folder, images)
+    return _load_benchmark(
+        "sacd", root, split, images,
+        lambda folder, photos: read_sacd(folder, split, images=photos),
+        "<name>.jpg photos under {photos} for annotations/<name>_<k>.json", unit="annotations",
+    )  # fmt: skip
+
+
+def _load_benchmark(
+    name: str,
+    root: PathLike,
+    split: str | None,
+    images: PathLike | None,
+    read: Callable[[Path, Path], Annotations],
+    expected: str,
+    unit: str = "photos",
+) -> list[Exemplar]:
+    """A benchmark's annotations joined to its photos, by :func:`_exemplars`."""
+    folder = _folder(root, name)
+    photos = photo_folder(name, folder, images)
     return _exemplars(
-        read_sacd(folder, split, images=photos),
+        read(folder, photos),
         PhotoFinder(photos),
-        dataset_label("sacd", folder, split),
-        f"<name>.jpg photos under {photos} for annotations/<name>_<k>.json",
-        unit="annotations",
+        dataset_label(name, folder, split),
+        expected.format(photos=photos),
+        unit=unit,
     )
 
 
@@ -446,10 +454,10 @@ def _gaicd_lines(text: str) -> tuple[tuple[PixelBox, ...], tuple[float, ...]]:
         try:
             if len(fields) != 5:
                 raise ValueError(f"{len(fields)} fields")
-            y1, x1, y2, x2, mos = (_finite(float(v)) for v in fields)
+            *yxyx, mos = (_finite(float(v)) for v in fields)
             if mos == GAICD_UNRATED:
                 continue
-            crops.append(_pixel_box((x1, y1, x2, y2)))
+            crops.append(_pixel_box(yxyx_to_xyxy(yxyx)))
             scores.append(mos)
         except _BAD_DATA as exc:
             raise ValueError(f"line {number}: {exc}; expected y1 x1 y2 x2 MOS") from None
@@ -523,7 +531,7 @@ def _fcdb_record(entry: Any) -> Record:
         keys.append(url.rstrip("/").rsplit("/", 1)[-1])
     if not keys:
         raise ValueError('neither "flickr_photo_id" nor "url"')
-    return Record(name=keys[-1], keys=tuple(keys), crops=(_pixel_box((x, y, x + w, y + h)),))
+    return Record(name=keys[-1], keys=tuple(keys), crops=(_pixel_box(xywh_to_xyxy((x, y, w, h))),))
 
 
 def _sacd_splits(folder: Path) -> dict[str, list[str]]:

@@ -29,13 +29,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from cropper.core.boxes import Size
+from cropper.core.boxes import PixelBox, Size
 
 #: The K of Acc_{K/N}, and the N.
 TOP_K = (1, 2, 3, 4)
 TOP_N = (5, 10)
 
-PixelBox = Sequence[float]  # (left, top, right, bottom) in pixels
 
 
 def score_keys() -> list[str]:

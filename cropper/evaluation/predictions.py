@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cropper.core.boxes import Size
+from cropper.core.boxes import PixelBox, Size
 from cropper.core.errors import ConfigError, shown
 from cropper.data import metrics
-from cropper.evaluation.truth import GroundTruth, PixelBox, TruthSet
+from cropper.evaluation.truth import GroundTruth, TruthSet
 
 if TYPE_CHECKING:
     from cropper.data.datasets import PhotoFinder

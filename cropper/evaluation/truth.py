@@ -19,13 +19,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cropper.core.boxes import Size
+from cropper.core.boxes import PixelBox, Size
 from cropper.core.errors import ExemplarIndexError
 from cropper.data import metrics
 
 log = logging.getLogger(__name__)
 
-PixelBox = tuple[float, float, float, float]
 
 #: Suffixes dropped to get the stem a prediction may name a photo (or annotation) by.
 _STRIPPED_SUFFIXES = frozenset(
