@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from cropper import Cropper
-    from cropper.head import random_head
+    from cropper.scoring.head import random_head
     from cropper.testing.synthetic import synthetic_photo
     from cropper.testing.tiny_clip import build_random_clip
 

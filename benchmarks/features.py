@@ -8,7 +8,7 @@ pixel budget, one propose and two refine rounds of R=6 crops; see tokens.py):
 - the composition step's prompt tokens (one extra, short VLM call) and the tokens its
   line adds to every propose and refine prompt;
 - ``diverse_top`` over a photo's 18 candidates, and the knowledge term over them;
-- the request's constraints (``cropper.constraints``) repairing a round's proposals, slivers
+- the request's constraints (``cropper.agent.constraints``) repairing a round's proposals, slivers
   among them, on a 12-megapixel photo: free, subject and aspect.
 
     python benchmarks/features.py
@@ -27,16 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from cropper.boxes import Box
-from cropper.composition import load_compositions
-from cropper.constraints import Constraints
-from cropper.debug import write_debug
-from cropper.diversity import diverse_top
-from cropper.knowledge import KnowledgePrompts, KnowledgeTerm
-from cropper.prompts import PromptSet, default_prompt_dir
-from cropper.result import Candidate, CropResult, Round
-from cropper.tasks import Subject
+from cropper.agent.composition import load_compositions
+from cropper.agent.constraints import Constraints
+from cropper.agent.diversity import diverse_top
+from cropper.agent.prompts import PromptSet, default_prompt_dir
+from cropper.agent.result import Candidate, CropResult, Round
+from cropper.core.boxes import Box
+from cropper.core.tasks import Subject
+from cropper.scoring.knowledge import KnowledgePrompts, KnowledgeTerm
 from cropper.testing.synthetic import synthetic_photo
+from cropper.views.debug import write_debug
 
 HERE = Path(__file__).resolve().parent
 

@@ -116,7 +116,7 @@ class Run:
     def save(self) -> None:
         self.report["elapsed_s"] = round(time.perf_counter() - self.start, 1)
         if self.out is not None:
-            from cropper.fileio import write_text
+            from cropper.core.fileio import write_text
 
             write_text(self.out, json.dumps(self.report, indent=1))
 
@@ -166,7 +166,7 @@ def build_model(folder: Path, device: Any, tiny: bool) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
 
-    from cropper.sizing import QWEN2_5_VL
+    from cropper.agent.sizing import QWEN2_5_VL
     from cropper.testing.tiny_vlm import (
         SPECIAL_TOKENS,
         _processor,
@@ -252,7 +252,7 @@ class CallLog:
 def make_cropper(root: Path, folder: Path, device: Any, tiny: bool) -> tuple[Any, Any, list]:
     """A Cropper on the saved model, a bank of 30 synthetic exemplars, and query photos."""
     from cropper import Cropper
-    from cropper.head import random_head, save_head
+    from cropper.scoring.head import random_head, save_head
     from cropper.testing.synthetic import synthetic_photo
     from cropper.testing.tiny_clip import build_tiny_clip
     from cropper.vlm.transformers_engine import TransformersVLM

@@ -214,7 +214,7 @@ def search_at_scale(
 def build_throughput(count: int, clip_name: str, workers: int | None) -> dict:
     import torch
 
-    from cropper.images import load_image
+    from cropper.core.images import load_image
     from cropper.testing.tiny_clip import build_random_clip
     from retrieval import ClipEmbedder, ExemplarIndex, read_jsonl
 

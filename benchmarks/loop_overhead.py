@@ -25,10 +25,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import cropper.loop
+import cropper.agent.loop
 import cropper.vlm.openai_server as server_backend
 from cropper import Cropper
-from cropper.head import random_head, save_head
+from cropper.scoring.head import random_head, save_head
 from cropper.testing.openai_server import OpenAICompatibleServer
 from cropper.testing.synthetic import synthetic_photo
 from cropper.testing.tiny_clip import build_random_clip
@@ -119,12 +119,12 @@ def main() -> None:
         c = Cropper(vlm=vlm, clip=clip, head=head, index=bank)  # paper defaults: S=30, R=6, L=2
         timed(vlm, "generate", "vlm_call")
         timed(server_backend, "to_openai_messages", "payload_encoding")
-        timed(cropper.loop, "load_image", "photo_loading")
+        timed(cropper.agent.loop, "load_image", "photo_loading")
         timed(clip, "embed", "clip_embedding")
         timed(c.index, "search", "faiss_search")
         timed(c._exemplars, "retrieve", "retrieval_with_exemplar_photos")
         timed(c.prompts, "render", "prompt_rendering")
-        timed(cropper.loop, "parse_reply", "parsing")
+        timed(cropper.agent.loop, "parse_reply", "parsing")
         timed(c.scorer, "score", "scoring")
 
         kwargs = {"ratio": "4:5"} if args.task == "aspect" else {}

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from cropper import Cropper
-from cropper.head import random_head, save_head
+from cropper.scoring.head import random_head, save_head
 from cropper.testing.openai_server import OpenAICompatibleServer
 from cropper.testing.synthetic import synthetic_photo
 from cropper.testing.tiny_clip import build_tiny_clip

@@ -4,7 +4,7 @@ The paper's workload: S=30 exemplars (T=5 crops each) sent at ``exemplar_side``,
 query fitted to 1024 px, R=6 crops a round, L=2 refinement rounds: one propose and
 two refine prompts a photo, each refine prompt adding the 6 previous candidates as
 crops at ``candidate_side``. Photos are sized to the model's pixel budget
-(``cropper.sizing``) as the loop sends them, prompts rendered from the shipped
+(``cropper.agent.sizing``) as the loop sends them, prompts rendered from the shipped
 prompt files, turned into model input by the real path (the chat template, then the
 processor, which expands each image into its tokens).
 
@@ -36,12 +36,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cropper.boxes import Box
-from cropper.exemplars import PromptExemplar
-from cropper.messages import Conversation, conversation_images
-from cropper.prompts import PromptPhoto, PromptSet
-from cropper.sizing import BUDGETS, PixelBudget, fit_to_budget
-from cropper.tasks import Ratio, Subject
+from cropper.agent.exemplars import PromptExemplar
+from cropper.agent.prompts import PromptPhoto, PromptSet
+from cropper.agent.sizing import BUDGETS, PixelBudget, fit_to_budget
+from cropper.core.boxes import Box
+from cropper.core.messages import Conversation, conversation_images
+from cropper.core.tasks import Ratio, Subject
 from cropper.testing.synthetic import synthetic_photo
 from cropper.vlm.transformers_engine import to_chat_messages
 from retrieval.selection import ExemplarCrop

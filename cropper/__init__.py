@@ -17,26 +17,27 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; loaded on first access.
 _EXPORTS = {
-    "Cropper": "cropper.loop",
-    "CropConfig": "cropper.loop",
-    "CropResult": "cropper.result",
-    "Candidate": "cropper.result",
-    "Round": "cropper.result",
-    "Box": "cropper.boxes",
-    "fit_aspect": "cropper.boxes",
-    "parse_boxes": "cropper.parsing",
-    "parse_reply": "cropper.parsing",
-    "PromptSet": "cropper.prompts",
-    "load_image": "cropper.images",
+    "Cropper": "cropper.agent.loop",
+    "CropConfig": "cropper.agent.loop",
+    "CropResult": "cropper.agent.result",
+    "Candidate": "cropper.agent.result",
+    "Round": "cropper.agent.result",
+    "Box": "cropper.core.boxes",
+    "fit_aspect": "cropper.core.boxes",
+    "parse_boxes": "cropper.agent.parsing",
+    "parse_reply": "cropper.agent.parsing",
+    "PromptSet": "cropper.agent.prompts",
+    "load_image": "cropper.core.images",
+    "load_dataset": "cropper.data.datasets",
     "load_vlm": "cropper.vlm",
     "VLM": "cropper.vlm.base",
     "Sampling": "cropper.vlm.base",
-    "CropperError": "cropper.errors",
-    "ConfigError": "cropper.errors",
-    "ImageError": "cropper.errors",
-    "VLMError": "cropper.errors",
-    "ExemplarIndexError": "cropper.errors",
-    "WeightsNotFoundError": "cropper.errors",
+    "CropperError": "cropper.core.errors",
+    "ConfigError": "cropper.core.errors",
+    "ImageError": "cropper.core.errors",
+    "VLMError": "cropper.core.errors",
+    "ExemplarIndexError": "cropper.core.errors",
+    "WeightsNotFoundError": "cropper.core.errors",
 }
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "VLMError",
     "WeightsNotFoundError",
     "fit_aspect",
+    "load_dataset",
     "load_image",
     "load_vlm",
     "parse_boxes",
@@ -63,8 +65,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from cropper.boxes import Box, fit_aspect
-    from cropper.errors import (
+    from cropper.agent.loop import CropConfig, Cropper
+    from cropper.agent.parsing import parse_boxes, parse_reply
+    from cropper.agent.prompts import PromptSet
+    from cropper.agent.result import Candidate, CropResult, Round
+    from cropper.core.boxes import Box, fit_aspect
+    from cropper.core.errors import (
         ConfigError,
         CropperError,
         ExemplarIndexError,
@@ -72,11 +78,8 @@ if TYPE_CHECKING:
         VLMError,
         WeightsNotFoundError,
     )
-    from cropper.images import load_image
-    from cropper.loop import CropConfig, Cropper
-    from cropper.parsing import parse_boxes, parse_reply
-    from cropper.prompts import PromptSet
-    from cropper.result import Candidate, CropResult, Round
+    from cropper.core.images import load_image
+    from cropper.data.datasets import load_dataset
     from cropper.vlm import load_vlm
     from cropper.vlm.base import VLM, Sampling
 

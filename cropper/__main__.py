@@ -2,6 +2,6 @@
 
 import sys
 
-from cropper.cli import main
+from cropper.cli.main import main
 
 sys.exit(main())

@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from cropper.cli import RESULTS, none_or
-from cropper.components import DEFAULT, vlm_spec
-from cropper.errors import ConfigError, CropperError
-from cropper.fileio import JsonLines, read_json_lines
-from cropper.inputs import expand_inputs
-from cropper.tasks import TASKS, check_request
+from cropper.agent.components import DEFAULT, vlm_spec
+from cropper.cli.args import none_or
+from cropper.cli.crop import RESULTS
+from cropper.cli.inputs import expand_inputs
+from cropper.core.errors import ConfigError, CropperError
+from cropper.core.fileio import JsonLines, read_json_lines
+from cropper.core.tasks import TASKS, check_request
 
 log = logging.getLogger("cropper.ray")
 
@@ -93,7 +94,7 @@ class CropActor:
     def __init__(self, urls: Sequence[str], turns: Any, options: dict[str, Any]):
         import ray
 
-        from cropper.loop import Cropper
+        from cropper.agent.loop import Cropper
 
         self.url = urls[ray.get(turns.next.remote()) % len(urls)]
         self.request = options["request"]
@@ -188,7 +189,7 @@ def crop_all(todo: Sequence[str], args: argparse.Namespace) -> int:
 def _cause(exc: BaseException) -> str:
     """The cropper error inside a Ray error: it arrives only as the text of a remote traceback."""
     lines = str(exc).splitlines()
-    ours = [line for line in lines if line.startswith("cropper.errors.")]
+    ours = [line for line in lines if line.startswith("cropper.core.errors.")]
     if ours:
         return ours[-1].split(": ", 1)[-1]
     theirs = [line for line in lines if line.startswith("ray.exceptions.")]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cropper.errors import ConfigError, ExemplarIndexError, MissingDependencyError
+from cropper.core.errors import ConfigError, ExemplarIndexError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ whichever comes first, so a kill loses little. A changed input (embedder, dimens
 the photos, their order, or a photo's size or modification time) starts over.
 
 One build writes a folder at a time: ``cropper index build`` holds the folder's
-:class:`~cropper.fileio.FolderLock` (see :func:`retrieval.index.bank_lock`); two
+:class:`~cropper.core.fileio.FolderLock` (see :func:`retrieval.index.bank_lock`); two
 builds sharing one ``.partial`` without it could assemble each other's rows.
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from cropper.errors import ExemplarIndexError
+from cropper.core.errors import ExemplarIndexError
 from retrieval.embedding_cache import (
     DEFAULT_CHUNK_SIZE,
     FLUSH_SECONDS,

@@ -31,8 +31,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from cropper.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
-from cropper.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
+from cropper.core.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
+from cropper.core.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _rgb(image: Image.Image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ConfigError(
             f"embed() takes PIL images, got {type(image).__name__}; "
-            "load photos with cropper.images.load_image"
+            "load photos with cropper.core.images.load_image"
         )
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -305,3 +305,8 @@ def _unit(features: Any) -> np.ndarray:
     arr = features.float().cpu().numpy().astype(np.float32, copy=False)
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     return arr / np.maximum(norms, 1e-12)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -1,7 +1,7 @@
 """Embedding photos, or their crops, in batches: decoded in worker processes, resumable.
 
 One pipeline serves the exemplar bank (:mod:`retrieval.build`: a photo is one row) and
-head training (:mod:`cropper.crop_embeddings`: a photo's crops are a row each). An
+head training (:mod:`cropper.data.crop_embeddings`: a photo's crops are a row each). An
 :class:`Item` is a photo, whole or as crops; :func:`embed_items` gives every item's rows::
 
     items = [Item("/photos/a.jpg"), Item("/photos/b.jpg", crops=(box1, box2))]
@@ -47,12 +47,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from cropper.errors import ConfigError
-from cropper.fileio import atomic_path, write_text
-from cropper.images import load_image
+from cropper.core.errors import ConfigError
+from cropper.core.fileio import atomic_path, write_text
+from cropper.core.images import load_image
 
 if TYPE_CHECKING:
-    from cropper.boxes import Box
+    from cropper.core.boxes import Box
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from cropper.boxes import Box, Size
-from cropper.errors import ConfigError, ExemplarIndexError, shown
+from cropper.core.boxes import Box, Size
+from cropper.core.errors import ConfigError, ExemplarIndexError, shown
 
 log = logging.getLogger(__name__)
 

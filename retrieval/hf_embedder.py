@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cropper.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
-from cropper.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
+from cropper.core.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
+from cropper.core.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
 from retrieval.embedder import _one_line, _rgb, _unit, embed_pixel_batches
 
 log = logging.getLogger(__name__)

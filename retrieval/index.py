@@ -35,15 +35,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cropper.boxes import Box, Size
-from cropper.errors import (
+from cropper.core.boxes import Box, Size
+from cropper.core.errors import (
     ConfigError,
     CropperError,
     ExemplarIndexError,
     MissingDependencyError,
 )
-from cropper.fileio import FolderLock, atomic_path, remove_stale_temporaries, write_text
-from cropper.images import load_image
+from cropper.core.fileio import FolderLock, atomic_path, remove_stale_temporaries, write_text
+from cropper.core.images import load_image
 from retrieval import ann
 from retrieval.build import DEFAULT_CHUNK_SIZE, PARTIAL_DIR, discard_partial, embed_exemplars
 from retrieval.embedder import split_spec
@@ -402,7 +402,7 @@ def bank_lock(
     """Hold the bank folder for one writer, then clear what a killed writer left there.
 
     A second writer is refused in one line naming the holder (or, with ``wait``, waits
-    for it); see :class:`~cropper.fileio.FolderLock`. Once the lock is held, the
+    for it); see :class:`~cropper.core.fileio.FolderLock`. Once the lock is held, the
     temporary files of the bank's own atomic writes (``.index.faiss.*.tmp`` and the
     like, and any under ``.partial``) are removed: no live writer can own them.
     """

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.core.errors import ConfigError, ExemplarIndexError
 from retrieval import ann
 from retrieval.build import discard_partial
 from retrieval.exemplars import Exemplar, first_few

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cropper.boxes import Box
-from cropper.errors import ConfigError
+from cropper.core.boxes import Box
+from cropper.core.errors import ConfigError
 
 TASKS = ("free", "subject", "aspect")
 

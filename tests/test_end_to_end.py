@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cropper import Cropper, WeightsNotFoundError
-from cropper.head import random_head, save_head
+from cropper.scoring.head import random_head, save_head
 from retrieval import ClipEmbedder, ExemplarIndex, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -131,7 +131,7 @@ def test_offline_defaults_name_what_to_fetch(monkeypatch, tmp_path):
     monkeypatch.delenv("CROPPER_CLIP", raising=False)
     with pytest.raises(WeightsNotFoundError, match="local-dir:"):
         Cropper(vlm="http://127.0.0.1:9/v1")  # the default CLIP, ViT-L-14:openai
-    from cropper import defaults
+    from cropper.core import defaults
 
     with pytest.raises(WeightsNotFoundError, match=defaults.default_vlm()) as info:
         Cropper(clip=None, head=None)  # the default VLM for this machine

@@ -15,8 +15,10 @@ import pytest
 from PIL import Image
 
 import cropper
-from cropper import components, defaults
-from cropper.cli import _Console, build_parser, cropper_from_args, main
+from cropper.agent import components
+from cropper.cli.args import cropper_from_args
+from cropper.cli.main import _Console, build_parser, main
+from cropper.core import defaults
 from cropper.testing.synthetic import synthetic_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +71,7 @@ def test_every_missing_model_is_named_in_one_message_as_flags(photo, monkeypatch
 
 
 def test_an_unreachable_hub_means_working_offline_at_once(monkeypatch):
-    from cropper.cli import _offline_unless_the_hub_answers
+    from cropper.cli.args import offline_unless_the_hub_answers
 
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
@@ -77,7 +79,7 @@ def test_an_unreachable_hub_means_working_offline_at_once(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"https://127.0.0.1:{port}")
-    _offline_unless_the_hub_answers()
+    offline_unless_the_hub_answers()
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
 
 
@@ -191,7 +193,7 @@ def _record(name: str, level: int, message: str) -> logging.LogRecord:
 
 def test_the_console_shows_croppers_lines_and_others_only_when_asked():
     quiet, verbose = _Console(0), _Console(1)
-    ours = _record("cropper.loop", logging.WARNING, "a photo fell back")
+    ours = _record("cropper.agent.loop", logging.WARNING, "a photo fell back")
     theirs = _record("root", logging.ERROR, "Failed to download weights")  # open_clip's
     assert quiet.filter(ours) and quiet.format(ours) == "cropper: WARNING: a photo fell back"
     assert not quiet.filter(theirs)  # cropper's own error says it, once

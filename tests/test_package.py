@@ -55,7 +55,7 @@ def test_wheel_ships_the_prompt_files_and_finds_them(tmp_path):
     # Installed from the wheel, away from the checkout, cropper finds its shipped prompts.
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    code = "from cropper.prompts import default_prompt_dir as d; print(d())"
+    code = "from cropper.agent.prompts import default_prompt_dir as d; print(d())"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

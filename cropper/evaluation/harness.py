@@ -11,7 +11,7 @@ The protocol, since the paper publishes none:
   subject, as a point).
 - ``iou`` and ``bde`` compare the predicted crop with the ground truth in pixels of the
   original photo: against several ground truths (GAICD's crops tied for the highest MOS)
-  the best of them (:func:`cropper.metrics.box_metrics`).
+  the best of them (:func:`cropper.data.metrics.box_metrics`).
 - On GAICD the ranking metrics (Acc, wAcc, SRCC, PCC) rank the photo's annotated crops by
   their IoU with the predicted crop, as if that IoU were the predicted score of each: a
   prediction close to the crops people rated highest ranks them first.
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cropper import metrics
-from cropper.boxes import Box, Size
-from cropper.errors import ConfigError, CropperError, VLMError
-from cropper.fileio import JsonLines, read_json_lines
-from cropper.result import CropResult
+from cropper.agent.result import CropResult
+from cropper.core.boxes import Box, Size
+from cropper.core.errors import ConfigError, CropperError, VLMError
+from cropper.core.fileio import JsonLines, read_json_lines
+from cropper.data import metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ PREDICTIONS = "predictions.jsonl"
 
 
 class Method(Protocol):
-    """What a run crops with: a :class:`~cropper.loop.Cropper` or a baseline."""
+    """What a run crops with: a :class:`~cropper.agent.loop.Cropper` or a baseline."""
 
     def crop(
         self, image: Any, task: str = "free", *, subject: Any = None, ratio: Any = None
@@ -82,7 +82,7 @@ def eval_photos(
     dataset: str, root: str | os.PathLike, split: str | None, *, images: Any = None
 ) -> list[EvalPhoto]:
     """The split's photos with their ground truth, named uniquely by file name."""
-    from retrieval.datasets import load_dataset
+    from cropper.data.datasets import load_dataset
 
     photos: list[EvalPhoto] = []
     seen: dict[str, int] = {}
@@ -107,7 +107,7 @@ def eval_photos(
 
 def dataset_task(dataset: str, task: str | None) -> str:
     """The task to crop ``dataset`` with: ``task`` if given, else the benchmark's own."""
-    from cropper.tasks import check_task
+    from cropper.core.tasks import check_task
 
     return check_task(task) if task else DATASET_TASKS.get(dataset, "free")
 

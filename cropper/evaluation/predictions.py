@@ -11,7 +11,7 @@ Two kinds of lines, one object a line:
 A line that cannot be used (not JSON, an unknown photo, a wrong number of scores, a
 box that is not a box) is skipped with its reason (``file:line: why``) and the rest
 are measured; a photo predicted twice is measured by its last line. When no photo
-can be measured at all, :class:`~cropper.errors.ConfigError` says why.
+can be measured at all, :class:`~cropper.core.errors.ConfigError` says why.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cropper import metrics
-from cropper.boxes import Size
-from cropper.errors import ConfigError, shown
-from cropper.evaluation.truth import GroundTruth, PixelBox, TruthSet
+from cropper.core.boxes import PixelBox, Size
+from cropper.core.errors import ConfigError, shown
+from cropper.data import metrics
+from cropper.evaluation.truth import GroundTruth, TruthSet
 
 if TYPE_CHECKING:
-    from retrieval.datasets import PhotoFinder
+    from cropper.data.datasets import PhotoFinder
 
 #: How many problems (and photos without a prediction) a result names.
 NAMED = 10
@@ -69,7 +69,7 @@ class _Unusable(ValueError):
 
 
 def evaluate_scores(truths: TruthSet, predictions_path: str | os.PathLike) -> dict[str, Any]:
-    """Acc, wAcc, SRCC and PCC of predicted crop scores (:func:`cropper.metrics.score_keys`).
+    """Acc, wAcc, SRCC and PCC of predicted crop scores (:func:`cropper.data.metrics.score_keys`).
 
     Returns the metrics, then ``photos`` (measured), ``missing`` (photos of the
     split without a prediction), ``skipped`` and ``duplicates`` (lines), then
@@ -118,7 +118,7 @@ def evaluate_boxes(
     """
     finder = None
     if images is not None:
-        from retrieval.datasets import PhotoFinder
+        from cropper.data.datasets import PhotoFinder
 
         finder = PhotoFinder(Path(images).expanduser())
 

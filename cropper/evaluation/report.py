@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cropper import drawing
-from cropper.boxes import Box
-from cropper.errors import ImageError
+from cropper.core.boxes import Box
+from cropper.core.errors import ImageError
+from cropper.core.fileio import save_image, write_text
 from cropper.evaluation.harness import PhotoScore
-from cropper.fileio import save_image, write_text
+from cropper.views import drawing
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def iou_histogram(values: Sequence[float], bins: int = 20, size=(640, 360)) -> I
 
 def gallery_sheet(scored: Sequence[PhotoScore], columns: int = 3) -> Image.Image | None:
     """Thumbnails with true (green) and predicted (red) crops; ``None`` if none could be read."""
-    from cropper.images import fit_within, load_image
+    from cropper.core.images import fit_within, load_image
 
     tiles = []
     for item in scored:

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cropper.errors import ConfigError, CropperError
+from cropper.core.errors import ConfigError, CropperError
+from cropper.core.fileio import atomic_path
+from cropper.core.images import load_image
 from cropper.evaluation.harness import EvalPhoto
-from cropper.fileio import atomic_path
-from cropper.images import load_image
-from cropper.scoring import TERMS, Scorer, Weights
+from cropper.scoring.scorer import TERMS, Scorer, Weights
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,9 @@ def build_scorer(
     weights: Weights, task: str, *, clip: Any, head: Any, prompts: str | os.PathLike | None
 ) -> Scorer:
     """A scorer that computes exactly the weighted terms, or says what is missing."""
-    from cropper import components
-    from cropper.knowledge import KNOWLEDGE_DIR, KnowledgeTerm
-    from cropper.prompts import PromptSet
+    from cropper.agent import components
+    from cropper.agent.prompts import PromptSet
+    from cropper.scoring.knowledge import KNOWLEDGE_DIR, KnowledgeTerm
 
     wanted = {t for t in TERMS if getattr(weights, t) > 0}
     if not wanted:

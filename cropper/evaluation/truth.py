@@ -19,13 +19,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cropper import metrics
-from cropper.boxes import Size
-from cropper.errors import ExemplarIndexError
+from cropper.core.boxes import PixelBox, Size
+from cropper.core.errors import ExemplarIndexError
+from cropper.data import metrics
 
 log = logging.getLogger(__name__)
 
-PixelBox = tuple[float, float, float, float]
 
 #: Suffixes dropped to get the stem a prediction may name a photo (or annotation) by.
 _STRIPPED_SUFFIXES = frozenset(
@@ -58,10 +57,10 @@ class GroundTruth:
         """The crops in pixels of the original photo of ``size`` (``best``: the ground truth).
 
         The ground truth for box metrics is the best-scored crops, ties included
-        (:func:`cropper.metrics.best_crops`). Raises ``ValueError`` when a crop does not
+        (:func:`cropper.data.metrics.best_crops`). Raises ``ValueError`` when a crop does not
         fit the photo (beyond a pixel of rounding): the size is likely wrong.
         """
-        from retrieval.datasets import normalized_box, scaled_size
+        from cropper.data.datasets import normalized_box, scaled_size
 
         crops = metrics.best_crops(self.crops, self.scores) if best else self.crops
         if self.long_side:
@@ -122,7 +121,7 @@ class TruthSet:
         if self.photos is None:
             return None
         if self._finder is None:
-            from retrieval.datasets import PhotoFinder
+            from cropper.data.datasets import PhotoFinder
 
             self._finder = PhotoFinder(self.photos)
         for key in truth.keys:
@@ -153,15 +152,15 @@ def load_truth(
     split: str | None = None,
     images: str | os.PathLike | None = None,
 ) -> TruthSet:
-    """The ground truth of ``dataset`` (a key of :data:`retrieval.datasets.DATASETS`) at ``root``.
+    """The ground truth of ``dataset`` (a :data:`cropper.data.datasets.DATASETS` key) at ``root``.
 
     GAICD, FCDB and SACD are read from their annotation files alone; their photos are
     looked up only when a photo's size is needed, in ``images`` (default: where the
     dataset's loader looks). ``jsonl`` and ``folder`` datasets come with their photos,
     so they are loaded whole. Annotations that cannot be read are skipped and reported
-    in one warning; when none can be, :class:`~cropper.errors.ExemplarIndexError`.
+    in one warning; when none can be, :class:`~cropper.core.errors.ExemplarIndexError`.
     """
-    from retrieval.datasets import (
+    from cropper.data.datasets import (
         dataset_label,
         photo_folder,
         read_annotations,
@@ -219,7 +218,7 @@ def _damage(exc: RecursionError | OverflowError) -> str:
 def _from_exemplars(
     dataset: str, root: str | os.PathLike, split: str | None, images: str | os.PathLike | None
 ) -> TruthSet:
-    from retrieval.datasets import dataset_label, load_dataset
+    from cropper.data.datasets import dataset_label, load_dataset
 
     exemplars = load_dataset(dataset, root, split, images=images)
     source = Path(root).expanduser()

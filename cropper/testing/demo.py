@@ -58,7 +58,7 @@ def demo_models(folder: str | os.PathLike | None = None) -> dict[str, Any]:
 
 def _head(root: Path, clip: str) -> Path:
     """A random head tied to ``clip``; rebuilt when the folder moved and the spec changed."""
-    from cropper.head import random_head, save_head
+    from cropper.scoring.head import random_head, save_head
 
     path = root / "head.safetensors"
     card = path.with_suffix(".json")

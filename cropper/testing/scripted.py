@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from cropper.messages import Conversation
+from cropper.core.messages import Conversation
 from cropper.vlm.base import VLM, Sampling
 
 

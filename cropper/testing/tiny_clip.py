@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from cropper.errors import ConfigError
-from cropper.fileio import atomic_path, write_text
+from cropper.core.errors import ConfigError
+from cropper.core.fileio import atomic_path, write_text
 
 #: CLIP's (OpenAI) image normalization, as real checkpoints record it.
 _MEAN = (0.48145466, 0.4578275, 0.40821073)

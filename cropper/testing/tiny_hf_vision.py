@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cropper.errors import ConfigError, MissingDependencyError
+from cropper.core.errors import ConfigError, MissingDependencyError
 
 #: The layers every kind shares: as small as a transformer gets and still runs.
 _TOWER = {

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cropper.errors import ConfigError, MissingDependencyError
+from cropper.core.errors import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 

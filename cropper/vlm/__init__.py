@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cropper.errors import ConfigError
+from cropper.core.errors import ConfigError
 from cropper.vlm.base import VLM, Sampling
 
 

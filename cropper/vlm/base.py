@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cropper.errors import ConfigError, VLMError
-from cropper.messages import Conversation
+from cropper.core.errors import ConfigError, VLMError
+from cropper.core.messages import Conversation
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class VLM(ABC):
         """Reply to each conversation ``sampling.n`` times.
 
         Returns one list of ``n`` reply strings per conversation, in order. Raises
-        :class:`cropper.errors.VLMError` when the model cannot answer at all.
+        :class:`cropper.core.errors.VLMError` when the model cannot answer at all.
         """
 
     def generate_each(

@@ -46,9 +46,9 @@ import httpx
 import tenacity
 from PIL import Image
 
-from cropper.errors import ConfigError, VLMError
-from cropper.fetch import show_url
-from cropper.messages import Conversation, ImagePart, TextPart
+from cropper.core.errors import ConfigError, VLMError
+from cropper.core.fetch import show_url
+from cropper.core.messages import Conversation, ImagePart, TextPart
 from cropper.vlm.base import VLM, Sampling, check_concurrency
 
 log = logging.getLogger(__name__)
@@ -389,7 +389,7 @@ def _status_error(message: str, status: int) -> VLMError:
     """A VLMError for an HTTP error status, which it keeps as ``status``.
 
     A plain VLMError, not a subclass: Ray and multiprocessing rebuild an error
-    from its class and message, and tools read ``cropper.errors.VLMError`` in a
+    from its class and message, and tools read ``cropper.core.errors.VLMError`` in a
     remote traceback.
     """
     # A wrong key or a wrong model or URL refuses every request alike.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cropper.boxes import check_coords
+from cropper.core.boxes import check_coords
 
 
 def boxes_schema(n_boxes: int, coords: str, size: tuple[int, int] | None = None) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cropper.errors import ConfigError, MissingDependencyError, VLMError, WeightsNotFoundError
-from cropper.messages import Conversation, ImagePart, TextPart, conversation_images
+from cropper.core.errors import ConfigError, MissingDependencyError, VLMError, WeightsNotFoundError
+from cropper.core.messages import Conversation, ImagePart, TextPart, conversation_images
+from cropper.core.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
 from cropper.vlm.base import VLM, Sampling
-from cropper.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from cropper.errors import MissingDependencyError, VLMError
-from cropper.messages import Conversation, ImagePart
+from cropper.core.errors import MissingDependencyError, VLMError
+from cropper.core.messages import Conversation, ImagePart
 from cropper.vlm.base import VLM, Sampling
 
 log = logging.getLogger(__name__)

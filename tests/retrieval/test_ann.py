@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.core.errors import ConfigError, ExemplarIndexError
 from retrieval.ann import (
     HNSW_DEFAULTS,
     HNSW_THRESHOLD,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.core.errors import ConfigError, ExemplarIndexError
 from retrieval.build import PARTIAL_DIR, embed_exemplars
 from retrieval.exemplars import read_jsonl
 from retrieval.index import ExemplarIndex

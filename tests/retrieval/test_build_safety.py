@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.cli import main
-from cropper.errors import ExemplarIndexError
-from cropper.fileio import FolderLock
+from cropper.cli.main import main
+from cropper.core.errors import ExemplarIndexError
+from cropper.core.fileio import FolderLock
+from cropper.data.datasets import load_dataset
 from cropper.testing.synthetic import synthetic_photo
 from retrieval.build import PARTIAL_DIR
-from retrieval.datasets import load_dataset
 from retrieval.exemplars import read_jsonl
 from retrieval.index import ExemplarIndex
 
@@ -242,7 +242,7 @@ def test_a_jsonl_line_too_deep_or_with_a_huge_number_is_skipped_naming_file_and_
 
 # -- 4. temporary files a killed build left -----------------------------------------------
 
-# What cropper.fileio.atomic_path names its temporaries: .NAME.<8 random characters>.tmp
+# What cropper.core.fileio.atomic_path names its temporaries: .NAME.<8 random characters>.tmp
 _OURS = [".index.faiss.k3j4h5g6.tmp", ".exemplars.jsonl.a1b2c3d4.tmp",
          ".manifest.json.z_9y8x7w.tmp", "sub/.index.faiss.a1b2c3d4.tmp"]  # fmt: skip
 _NOT_OURS = [".notes.tmp", "keep.tmp", "sub/.index.faiss.tmp"]
@@ -271,7 +271,7 @@ def test_a_rerun_removes_the_temporary_files_a_killed_build_left(
 _ZYGOTE = """
 import json, os, runpy, sys
 import faiss, open_clip, torch, torch.utils.data
-import retrieval.commands, retrieval.embedder, retrieval.index  # cropper.cli is run, not imported
+import cropper.cli.index, retrieval.embedder, retrieval.index  # cropper.cli is run, not imported
 
 for request in sys.stdin:
     argv, log = json.loads(request)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.errors import ConfigError, WeightsNotFoundError
+from cropper.core.errors import ConfigError, WeightsNotFoundError
 from retrieval.embedder import ClipEmbedder, Embedder, split_spec
 
 

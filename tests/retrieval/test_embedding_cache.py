@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.boxes import Box
-from cropper.images import load_image
+from cropper.core.boxes import Box
+from cropper.core.images import load_image
 from cropper.testing.synthetic import synthetic_photo
 from retrieval.embedding_cache import (
     STATE_FILE,

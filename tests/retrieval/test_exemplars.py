@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cropper.boxes import Box
-from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.core.boxes import Box
+from cropper.core.errors import ConfigError, ExemplarIndexError
 from retrieval.exemplars import Exemplar, photo_size, read_jsonl
 
 

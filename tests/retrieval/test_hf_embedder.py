@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.errors import ConfigError, ExemplarIndexError, WeightsNotFoundError
+from cropper.core.errors import ConfigError, ExemplarIndexError, WeightsNotFoundError
 from cropper.testing.synthetic import synthetic_photo
 from cropper.testing.tiny_hf_vision import build_tiny_hf_vision
 from retrieval.embedder import EMBEDDERS, ClipEmbedder, Embedder, load_embedder
@@ -116,7 +116,7 @@ def test_a_vit_without_pooler_weights_reads_the_cls_token(tmp_path: Path) -> Non
 
 
 def test_only_a_text_tower_gives_embed_text(tiny_hf: dict[str, str]) -> None:
-    from cropper.knowledge import KnowledgePrompts, KnowledgeTerm
+    from cropper.scoring.knowledge import KnowledgePrompts, KnowledgeTerm
 
     clip = load_embedder(tiny_hf["clip"], batch_size=2)
     texts = clip.embed_text(["a well composed photo", "a badly cropped photo", "a dog"])
@@ -201,7 +201,7 @@ def own_crops(tmp_path: Path) -> Path:
 def test_index_build_with_an_hf_embedder_then_load_and_search(
     tiny_hf: dict[str, str], tiny_clip: str, own_crops: Path, tmp_path: Path, capsys, workers
 ) -> None:
-    from cropper.cli import main
+    from cropper.cli.main import main
     from retrieval.index import ExemplarIndex
 
     spec, bank = tiny_hf["dinov2"], tmp_path / "bank"

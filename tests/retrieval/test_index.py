@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.boxes import Box
-from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.core.boxes import Box
+from cropper.core.errors import ConfigError, ExemplarIndexError
 from retrieval.exemplars import Exemplar, read_jsonl
 from retrieval.index import FORMAT_VERSION, ExemplarIndex, Hit
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.boxes import Box
-from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.core.boxes import Box
+from cropper.core.errors import ConfigError, ExemplarIndexError
+from cropper.data.datasets import load_pro
 from retrieval import ann
-from retrieval.datasets import load_pro
 from retrieval.exemplars import read_jsonl
 from retrieval.index import ExemplarIndex
 from retrieval.merge import MERGED, merge_banks
@@ -161,7 +161,7 @@ def test_refusals(sources, tmp_path: Path, banks: list, out: str, match: str) ->
 def test_cropper_index_merge_then_info(
     sources, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from cropper.cli import main
+    from cropper.cli.main import main
 
     pro, own = sources
     out = tmp_path / "merged"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cropper.boxes import Box
-from cropper.errors import ConfigError
+from cropper.core.boxes import Box
+from cropper.core.errors import ConfigError
 from retrieval.exemplars import Exemplar
 from retrieval.index import Hit
 from retrieval.selection import ExemplarCrop, select_crops

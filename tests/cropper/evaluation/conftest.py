@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cropper.result import CropResult
+from cropper.agent.result import CropResult
 
 
 class Scripted:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cropper import metrics
-from cropper.boxes import Box
-from cropper.errors import ImageError, VLMError
+from cropper.core.boxes import Box
+from cropper.core.errors import ImageError, VLMError
+from cropper.data import metrics
 from cropper.evaluation.harness import (
     PREDICTIONS,
     EvalPhoto,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cropper.errors import ExemplarIndexError
+from cropper.core.errors import ExemplarIndexError
 from cropper.evaluation.predictions import evaluate_boxes, evaluate_scores
 from cropper.evaluation.truth import GroundTruth, TruthSet, load_truth
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cropper.errors import ConfigError
+from cropper.core.errors import ConfigError
+from cropper.data.metrics import score_keys
 from cropper.evaluation.predictions import evaluate_boxes, evaluate_scores
 from cropper.evaluation.truth import GroundTruth, TruthSet, load_truth
-from cropper.metrics import score_keys
 
 
 def _jsonl(path: Path, lines: list) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.boxes import Box
+from cropper.core.boxes import Box
 from cropper.evaluation.harness import EvalPhoto, PhotoScore
 from cropper.evaluation.report import (
     PUBLISHED,

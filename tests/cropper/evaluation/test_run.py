@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from cropper import metrics
-from cropper.boxes import Box
+from cropper.core.boxes import Box
+from cropper.data import metrics
 from cropper.evaluation.run import evaluate_crops
 
 

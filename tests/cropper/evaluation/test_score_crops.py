@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cropper.cli import main
+from cropper.cli.main import main
 from cropper.testing.synthetic import synthetic_photo
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.errors import ConfigError, ExemplarIndexError
+from cropper.core.errors import ConfigError, ExemplarIndexError
 from cropper.evaluation.truth import GroundTruth, load_truth
 
 
@@ -226,10 +226,10 @@ def test_a_malformed_annotation_is_one_warning_and_the_rest_load(tmp_path, caplo
     annotations.mkdir(parents=True)
     (annotations / "1.txt").write_text("0 0 50 80 4.0\n10 10 60 90 3.0\n")
     (annotations / "2.txt").write_text("this is not an annotation\n")
-    with caplog.at_level(logging.WARNING, logger="retrieval.datasets"):
+    with caplog.at_level(logging.WARNING, logger="cropper.data.datasets"):
         truths = load_truth("gaicd", tmp_path, "test")
     assert [t.name for t in truths] == ["test/1.jpg"]
-    [record] = [r for r in caplog.records if r.name == "retrieval.datasets"]
+    [record] = [r for r in caplog.records if r.name == "cropper.data.datasets"]
     assert "skipped 1 of 2 photos" in record.getMessage() and "2.txt" in record.getMessage()
     assert truths.find("1.jpg").crops == ((0.0, 0.0, 80.0, 50.0), (10.0, 10.0, 90.0, 60.0))
 

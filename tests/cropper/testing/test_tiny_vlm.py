@@ -5,7 +5,7 @@ import hashlib
 import pytest
 from PIL import Image
 
-from cropper.errors import ConfigError
+from cropper.core.errors import ConfigError
 from cropper.testing.tiny_vlm import SPECIAL_TOKENS, build_tiny_qwen_vl
 
 FAMILIES = {"tiny_qwen25_vl": "qwen2_5_vl", "tiny_qwen3_vl": "qwen3_vl"}

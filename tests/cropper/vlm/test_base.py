@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cropper.errors import ConfigError, VLMError
-from cropper.messages import Message, TextPart
+from cropper.core.errors import ConfigError, VLMError
+from cropper.core.messages import Message, TextPart
 from cropper.vlm.base import VLM, Sampling
 
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from cropper.errors import ConfigError, VLMError
-from cropper.messages import ImagePart, Message, TextPart
+from cropper.core.errors import ConfigError, VLMError
+from cropper.core.messages import ImagePart, Message, TextPart
 from cropper.testing.openai_server import (
     Fault,
     OpenAICompatibleServer,

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from cropper.errors import ConfigError
-from cropper.messages import ImagePart, Message, TextPart
+from cropper.core.errors import ConfigError
+from cropper.core.messages import ImagePart, Message, TextPart
 from cropper.testing.openai_server import OpenAICompatibleServer
 from cropper.vlm import openai_server
 from cropper.vlm.base import Sampling

@@ -7,9 +7,9 @@ import inspect
 
 import pytest
 
-from cropper import components
 from cropper import vlm as registry
-from cropper.errors import ConfigError
+from cropper.agent import components
+from cropper.core.errors import ConfigError
 from cropper.testing.scripted import ScriptedVLM
 from cropper.vlm import check_options, entry_for, load_vlm
 

@@ -11,8 +11,8 @@ import logging
 import httpx
 import pytest
 
-from cropper.errors import ConfigError, VLMError
-from cropper.messages import ImagePart, Message, TextPart
+from cropper.core.errors import ConfigError, VLMError
+from cropper.core.messages import ImagePart, Message, TextPart
 from cropper.testing.openai_server import Fault, OpenAICompatibleServer
 from cropper.testing.synthetic import synthetic_photo
 from cropper.vlm.base import Sampling

@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from cropper import vlm as vlm_registry
-from cropper.cli import main
-from cropper.errors import VLMError
-from cropper.messages import ImagePart, Message, TextPart
+from cropper.cli.main import main
+from cropper.core.errors import VLMError
+from cropper.core.messages import ImagePart, Message, TextPart
 from cropper.testing.openai_server import Fault, OpenAICompatibleServer
 from cropper.testing.synthetic import synthetic_photo
 from cropper.vlm import load_vlm
@@ -372,7 +372,7 @@ def test_a_batch_refused_alike_for_every_photo_stops_at_once(tmp_path, capsys):
     """A wrong key (or model, or URL) fails every photo the same way: one line, not N."""
     import pickle
 
-    from cropper.cli import main
+    from cropper.cli.main import main
     from cropper.testing.synthetic import synthetic_photo
 
     photos = tmp_path / "photos"

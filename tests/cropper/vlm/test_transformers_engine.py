@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropper.errors import ConfigError, MissingDependencyError, VLMError, WeightsNotFoundError
-from cropper.images import fit_within, load_image
-from cropper.messages import ImagePart, Message, TextPart
+from cropper.core.errors import ConfigError, MissingDependencyError, VLMError, WeightsNotFoundError
+from cropper.core.images import fit_within, load_image
+from cropper.core.messages import ImagePart, Message, TextPart
 from cropper.vlm.base import Sampling
 from cropper.vlm.schema import boxes_schema
 from cropper.vlm.transformers_engine import (
@@ -382,7 +382,7 @@ def test_constrained_batch_on_cuda_in_bfloat16(tiny_qwen3_vl):
 def test_a_mixed_batch_in_process_crops_every_photo(tiny_qwen3_vl, real_gaicd_photos):
     """One strip used to fail every photo of its generate call: now none fails at all."""
     from cropper import Cropper
-    from cropper.constraints import Constraints
+    from cropper.agent.constraints import Constraints
     from cropper.testing.synthetic import synthetic_photo
 
     odd = {

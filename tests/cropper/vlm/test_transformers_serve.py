@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from cropper import Cropper
-from cropper.cli import main
+from cropper.cli.main import main
 
 pytestmark = pytest.mark.slow
 

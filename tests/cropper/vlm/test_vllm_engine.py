@@ -8,8 +8,8 @@ from types import ModuleType, SimpleNamespace
 import pytest
 from PIL import Image
 
-from cropper.errors import MissingDependencyError
-from cropper.messages import ImagePart, Message, TextPart
+from cropper.core.errors import MissingDependencyError
+from cropper.core.messages import ImagePart, Message, TextPart
 from cropper.vlm import load_vlm
 from cropper.vlm.base import Sampling
 from cropper.vlm.schema import boxes_schema
@@ -159,7 +159,7 @@ def _stand_in_vllm(monkeypatch, refuse) -> None:
 
 def test_a_vllm_validation_error_fails_its_photo_alone_with_the_message_kept(monkeypatch):
     from cropper import Cropper
-    from cropper.errors import VLMError
+    from cropper.core.errors import VLMError
 
     def too_long(conversation) -> bool:  # the photo 333 px wide stands for a too-long prompt
         return any(

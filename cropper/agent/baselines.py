@@ -1,0 +1,320 @@
+"""Baselines that crop without a VLM, called exactly like :meth:`cropper.agent.loop.Cropper.crop`.
+
+- ``whole``: the whole photo (for a ratio, the largest centred crop of it);
+- ``centre``: a centred crop keeping :data:`CENTRE_SCALE` of each side;
+- ``saliency``: the sweep of candidates that best keeps the spectral-residual saliency;
+- ``head``: GAICD's grid candidates ranked by the aesthetic head alone. ``Cropper(vlm=None)``
+  crops with this one.
+
+Each returns a :class:`~cropper.agent.result.CropResult` whose ``candidates`` are its ranked boxes
+(``source`` the baseline's name, ``round`` 0) and whose ``rounds`` are empty. Without a VLM a
+subject given as a phrase cannot be found; a subject left out is the most salient point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from cropper.agent import components
+from cropper.agent.constraints import DEFAULT_MIN_SIDE, Constraints
+from cropper.agent.grid import (
+    SCALES,
+    STEPS,
+    containing,
+    grid_candidates,
+    ratio_candidates,
+    sweep_candidates,
+)
+from cropper.agent.result import Candidate, CropResult
+from cropper.core.boxes import Box, fit_aspect
+from cropper.core.errors import ConfigError
+from cropper.core.images import ImageInput, load_image
+from cropper.core.tasks import TASKS, Ratio, Subject, check_request, subject_from_spec
+from cropper.scoring.saliency import (
+    CUT_WEIGHT,
+    main_subject,
+    saliency_crop_scores,
+    saliency_map,
+    saliency_share,
+)
+from cropper.scoring.scorer import Scorer, Weights
+
+log = logging.getLogger(__name__)
+
+DEFAULT = components.DEFAULT
+
+#: The side share the centre crop keeps: GAICD's best crops (top MOS) keep on average 0.81
+#: of the width and 0.78 of the height, centred within 0.01 of the middle.
+CENTRE_SCALE = 0.8
+
+#: The head baseline's weights: the aesthetic head alone, for every task.
+HEAD_WEIGHTS: dict[str, Weights] = {task: Weights(aesthetic=1) for task in TASKS}
+
+Ranked = list[tuple[Box, float, dict[str, float]]]
+
+
+class Baseline:
+    """A cropper without a VLM: subclasses say how to rank boxes for a task."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def build(cls, *, clip: Any = DEFAULT, head: Any = DEFAULT) -> Baseline:
+        """The baseline with its default settings; ``clip`` and ``head`` matter to ``head``."""
+        return cls()
+
+    def crop(
+        self,
+        image: ImageInput,
+        task: str = "free",
+        *,
+        subject: Any = None,
+        ratio: Any = None,
+        allow_urls: bool = False,
+        min_side: float = DEFAULT_MIN_SIDE,
+    ) -> CropResult:
+        """Crop one photo; the arguments and their errors are those of ``Cropper.crop``.
+
+        Candidates that break the request (sides under ``min_side`` of the photo's, a
+        subject left out) are left out; when none is left, the best one is repaired.
+        """
+        task, ratio_ = check_request(task, subject=subject, ratio=ratio)
+        photo = load_image(image, allow_urls=allow_urls)
+        subject_ = _subject(subject, photo) if task == "subject" else None
+        constraints = Constraints(
+            photo.size, min_side, subject_, ratio_.value if ratio_ else None
+        )
+        ranked = self.rank(photo, task, subject_, ratio_)
+        notes = list(self.notes(task))
+        valid = [r for r in ranked if not constraints.check(r[0])]
+        if valid:
+            repairs = [""] * len(valid)
+            if len(valid) < len(ranked):
+                n = len(ranked) - len(valid)
+                notes.append(f"{n} candidate{'s' * (n > 1)} under min_side or without the subject")
+        else:
+            # Every candidate breaks the request (no candidate of a strip is wide enough):
+            # the best one, repaired, stands alone, scored as the baseline scores.
+            fixed = constraints.repair(max(ranked, key=lambda r: r[1])[0])
+            valid = self.rank_boxes(photo, task, [fixed.box])
+            repairs = [fixed.change]
+            notes.append(f"no candidate satisfied the request: the best was {fixed.change}")
+        candidates = sorted(
+            (
+                Candidate(box, float(score), terms, 0, self.name, repair)
+                for (box, score, terms), repair in zip(valid, repairs, strict=True)
+            ),
+            key=lambda c: -c.score,
+        )
+        best = candidates[0]
+        return CropResult(
+            box=best.box,
+            score=best.score,
+            task=task,
+            photo=photo,
+            candidates=tuple(candidates),
+            rounds=(),
+            subject=subject_,
+            ratio=ratio_,
+            source=str(image) if isinstance(image, (str, os.PathLike)) else None,
+            notes=tuple(notes),
+        )
+
+    def rank(
+        self, photo: Image.Image, task: str, subject: Subject | None, ratio: Ratio | None
+    ) -> Ranked:
+        """``(box, score, terms)`` for each candidate of ``photo``, in any order."""
+        raise NotImplementedError
+
+    def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
+        """``(box, score, terms)`` for given boxes: by area, unless a baseline knows better."""
+        return [(b, b.area, {"area": b.area}) for b in boxes]
+
+    def notes(self, task: str) -> tuple[str, ...]:
+        """What a user should know about how this baseline ranks ``task``'s crops."""
+        return ()
+
+    def close(self) -> None:
+        """Nothing to release; here so a baseline stands in for a ``Cropper``."""
+
+    def __enter__(self) -> Baseline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WholePhoto(Baseline):
+    """The whole photo; for a ratio, the largest centred crop of that ratio."""
+
+    name = "whole"
+
+    def rank(self, photo, task, subject, ratio) -> Ranked:
+        box = Box.whole() if ratio is None else fit_aspect(Box.whole(), ratio.value, photo.size)
+        return [(box, box.area, {"area": box.area})]
+
+
+class CentreCrop(Baseline):
+    """A centred crop keeping ``scale`` of each side (see :data:`CENTRE_SCALE`).
+
+    For a subject the same size is centred on the subject, moved inside the photo when it
+    would stick out; for a ratio, the largest centred crop of that ratio.
+    """
+
+    name = "centre"
+
+    def __init__(self, scale: float = CENTRE_SCALE):
+        if not (isinstance(scale, (int, float)) and 0 < scale <= 1):
+            raise ConfigError(f"centre crop scale must be in (0, 1], got {scale!r}")
+        self.scale = float(scale)
+
+    def rank(self, photo, task, subject, ratio) -> Ranked:
+        if ratio is not None:
+            box = fit_aspect(Box.whole(), ratio.value, photo.size)
+        else:
+            cx, cy = subject.point if subject is not None else (0.5, 0.5)
+            half = self.scale / 2
+            x0 = min(max(cx - half, 0.0), 1.0 - self.scale)
+            y0 = min(max(cy - half, 0.0), 1.0 - self.scale)
+            box = Box(x0, y0, x0 + self.scale, y0 + self.scale)
+        return [(box, box.area, {"area": box.area})]
+
+
+class SaliencyCrop(Baseline):
+    """The candidate that best keeps the photo's spectral-residual saliency.
+
+    Candidates: free-form, GAICD's grid and a sweep of common ratios; aspect, that ratio's
+    sweep; subject, grid and sweep boxes holding the subject. The objective is
+    :func:`cropper.scoring.saliency.saliency_crop_scores` with ``cut_weight``.
+    """
+
+    name = "saliency"
+
+    def __init__(
+        self,
+        cut_weight: float = CUT_WEIGHT,
+        *,
+        scales: tuple[float, ...] = SCALES,
+        steps: int = STEPS,
+    ):
+        self.cut_weight = cut_weight
+        self.scales = scales
+        self.steps = steps
+
+    def rank(self, photo, task, subject, ratio) -> Ranked:
+        size = photo.size
+        if ratio is not None:
+            boxes = ratio_candidates(size, ratio.value, scales=self.scales, steps=self.steps)
+        else:
+            boxes = grid_candidates(size) + sweep_candidates(
+                size, scales=self.scales, steps=self.steps
+            )
+            if subject is not None:
+                boxes = _holding(boxes, subject)
+        return self.rank_boxes(photo, task, boxes)
+
+    def notes(self, task: str) -> tuple[str, ...]:
+        return ("ranked by spectral-residual saliency (no model): what stands out is kept",)
+
+    def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
+        sal = saliency_map(photo)
+        scores = saliency_crop_scores(sal, boxes, cut_weight=self.cut_weight)
+        kept = saliency_share(sal, boxes)  # the score's terms, for the trace
+        cut = 1.0 - np.array([b.area for b in boxes])
+        return [
+            (b, float(s), {"saliency": float(k), "cut": float(c)})
+            for b, s, k, c in zip(boxes, scores, kept, cut, strict=True)
+        ]
+
+
+class HeadGridCrop(Baseline):
+    """GAICD-style grid candidates ranked by the aesthetic head alone, one embed per photo.
+
+    Candidates: free-form, GAICD's grid; aspect, the ratio's sweep; subject, grid boxes and
+    the photo's own ratio's sweep, those holding the subject. ``scorer`` lends its embedder
+    and head. Without either, the ranking falls back to area (the largest candidate wins).
+    """
+
+    name = "head"
+
+    def __init__(self, scorer: Scorer):
+        # Without a head the aesthetic weight goes to the knowledge or content term (see
+        # cropper.scoring.scorer); without an embedder, to area alone: crop by saliency instead.
+        self.scorer = Scorer(
+            scorer.embedder, scorer.head, weights=HEAD_WEIGHTS, knowledge=scorer.knowledge
+        )
+        if scorer.embedder is None:
+            log.warning(
+                "head baseline without an embedder: candidates are ranked by area alone, so "
+                "the largest wins; pass clip=, or crop by saliency"
+            )
+
+    @classmethod
+    def build(cls, *, clip: Any = DEFAULT, head: Any = DEFAULT) -> HeadGridCrop:
+        from cropper.agent.prompts import default_prompt_dir
+        from cropper.scoring.knowledge import KNOWLEDGE_DIR
+
+        embedder = components.make_embedder(clip)
+        head_ = components.make_head(head, embedder)
+        folder = default_prompt_dir() / KNOWLEDGE_DIR
+        knowledge = components.make_knowledge(embedder, folder, HEAD_WEIGHTS, head_)
+        return cls(Scorer(embedder, head_, knowledge=knowledge))
+
+    def rank(self, photo, task, subject, ratio) -> Ranked:
+        size = photo.size
+        if ratio is not None:
+            boxes = ratio_candidates(size, ratio.value)
+        else:
+            # A panorama or a strip has no grid crop within GAICD's ratio limits: its own
+            # ratio's sweep stands in, so every photo gets candidates.
+            boxes = grid_candidates(size) or ratio_candidates(size, size[0] / size[1], steps=3)
+            if subject is not None:
+                own = ratio_candidates(size, size[0] / size[1], steps=3)
+                boxes = _holding(boxes + own, subject)
+        return self.rank_boxes(photo, task, boxes)
+
+    def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
+        scores = self.scorer.score(photo, boxes, task)
+        return [(b, s.total, dict(s.terms)) for b, s in zip(boxes, scores, strict=True)]
+
+    def notes(self, task: str) -> tuple[str, ...]:
+        note = self.scorer.scoring_note(task)
+        return (note,) if note else ()
+
+
+#: The baselines by name, as ``cropper eval crop --baseline NAME`` takes them.
+BASELINES: dict[str, type[Baseline]] = {
+    cls.name: cls for cls in (WholePhoto, CentreCrop, SaliencyCrop, HeadGridCrop)
+}
+
+
+def make_baseline(name: str, *, clip: Any = DEFAULT, head: Any = DEFAULT) -> Baseline:
+    """The baseline called ``name`` with its defaults; ``clip`` and ``head`` serve ``head``."""
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r}: use one of {', '.join(BASELINES)}")
+    return BASELINES[name].build(clip=clip, head=head)
+
+
+def _subject(spec: Any, photo: Image.Image) -> Subject:
+    """The subject as given; without a VLM, the most salient point when none is given."""
+    found = subject_from_spec(spec, photo.size)
+    if isinstance(found, Subject):
+        return found
+    if isinstance(found, str):
+        raise ConfigError(
+            f"subject {found!r} is a phrase, and finding it needs a VLM: give a point x,y, a "
+            "box x0,y0,x1,y1 or a mask, or crop with a VLM"
+        )
+    return main_subject(photo)
+
+
+def _holding(boxes: list[Box], subject: Subject) -> list[Box]:
+    kept, note = containing(boxes, subject.point)
+    if note:
+        log.warning("%s", note)
+    return kept

@@ -1,0 +1,1 @@
+"""The command line: a module a subcommand, shared argument helpers in args."""

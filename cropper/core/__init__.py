@@ -1,0 +1,1 @@
+"""The core types every part stands on: boxes, photos, files, errors, requests."""

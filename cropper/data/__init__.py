@@ -1,0 +1,1 @@
+"""Benchmark data: dataset loaders, metrics, crop embeddings and head training."""

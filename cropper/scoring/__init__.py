@@ -1,0 +1,1 @@
+"""Scoring crops: the weighted terms, aesthetic heads, knowledge, saliency."""

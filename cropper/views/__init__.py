@@ -1,0 +1,1 @@
+"""Views of a crop: overlays, the notebook display, debug folders."""
