@@ -39,6 +39,12 @@ positive_float = _number("positive_float", float, lambda n: 0 < n < float("inf")
 share = _number("share", float, lambda n: 0 <= n <= 1, "a number from 0 to 1")
 
 
+def add_group(commands: Any, name: str, help: str, description: str) -> Any:
+    """A subcommand that has subcommands of its own (``index``, ``eval``): their parsers."""
+    group = commands.add_parser(name, help=help, description=description)
+    return group.add_subparsers(dest=f"{name}_command", required=True)
+
+
 def add_clip_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """``--clip`` for a command that embeds photos (a bank build, head training)."""
     from cropper.core.defaults import DEFAULT_CLIP

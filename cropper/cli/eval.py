@@ -14,15 +14,15 @@ from typing import Any
 
 def add_eval_commands(commands: Any) -> None:
     """Register ``eval`` and its subcommands under the main parser's subcommands."""
-    eval_ = commands.add_parser(
-        "eval",
-        help="measure crops the way the benchmarks do",
-        description="Measure crops, or predicted crop scores, against a benchmark's annotations.",
-    )
     from cropper.agent.components import DEFAULT
-    from cropper.cli.args import none_or
+    from cropper.cli.args import add_group, none_or
 
-    actions = eval_.add_subparsers(dest="eval_command", required=True)
+    actions = add_group(
+        commands,
+        "eval",
+        "measure crops the way the benchmarks do",
+        "Measure crops, or predicted crop scores, against a benchmark's annotations.",
+    )
     _add_crop_command(actions)
 
     scores = actions.add_parser(

@@ -8,17 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cropper.cli.args import add_clip_argument
+from cropper.cli.args import add_clip_argument, add_group
 
 
 def add_index_commands(commands: Any) -> None:
     """Register ``index build``, ``merge`` and ``info`` under the main parser's subcommands."""
-    index = commands.add_parser(
-        "index",
-        help="build and inspect exemplar banks",
-        description="Build and inspect exemplar banks.",
+    actions = add_group(
+        commands, "index", "build and inspect exemplar banks", "Build and inspect exemplar banks."
     )
-    actions = index.add_subparsers(dest="index_command", required=True)
 
     build = actions.add_parser(
         "build",

@@ -176,56 +176,50 @@ def photo_folder(name: str, root: PathLike, images: PathLike | None = None) -> P
     return folder / "images"
 
 
-def load_gaicd(
-    root: PathLike, split: str | None = None, *, images: PathLike | None = None
-) -> list[Exemplar]:
-    """GAICD in either form; photos in ``images`` (default ``root/images``, subfolders too)."""
-    return _load_benchmark(
-        "gaicd", root, split, images, lambda folder, photos: read_gaicd(folder, split),
-        "<id>.jpg photos under {photos} (subfolders too)",
-    )  # fmt: skip
+def _benchmark(name: str, doc: str, read: Any, expected: str, unit: str = "photos") -> Any:
+    """The loader of benchmark ``name``: its annotations joined to its photos.
+
+    ``read(folder, split, photos)`` gives the annotations; ``expected`` (with ``{photos}``)
+    says where the photos were looked for, when none is found.
+    """
+
+    def load(
+        root: PathLike, split: str | None = None, *, images: PathLike | None = None
+    ) -> list[Exemplar]:
+        folder = _folder(root, name)
+        photos = photo_folder(name, folder, images)
+        return _exemplars(
+            read(folder, split, photos),
+            PhotoFinder(photos),
+            dataset_label(name, folder, split),
+            expected.format(photos=photos),
+            unit=unit,
+        )
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    load.__doc__ = doc
+    return load
 
 
-def load_fcdb(
-    root: PathLike, split: str | None = None, *, images: PathLike | None = None
-) -> list[Exemplar]:
-    """FCDB; photos in ``images`` (default ``root/images``, else ``root``), by id or url name."""
-    return _load_benchmark(
-        "fcdb", root, split, images, lambda folder, photos: read_fcdb(folder, split),
-        "photos under {photos} named by Flickr id (<id>.jpg, <id>_...) or by the url's file name",
-    )  # fmt: skip
-
-
-def load_sacd(
-    root: PathLike, split: str | None = None, *, images: PathLike | None = None
-) -> list[Exemplar]:
-    """SACD; photos in ``images`` (default ``root/images``) as ``<name>.jpg``."""
-    return _load_benchmark(
-        "sacd", root, split, images,
-        lambda folder, photos: read_sacd(folder, split, images=photos),
-        "<name>.jpg photos under {photos} for annotations/<name>_<k>.json", unit="annotations",
-    )  # fmt: skip
-
-
-def _load_benchmark(
-    name: str,
-    root: PathLike,
-    split: str | None,
-    images: PathLike | None,
-    read: Callable[[Path, Path], Annotations],
-    expected: str,
-    unit: str = "photos",
-) -> list[Exemplar]:
-    """A benchmark's annotations joined to its photos, by :func:`_exemplars`."""
-    folder = _folder(root, name)
-    photos = photo_folder(name, folder, images)
-    return _exemplars(
-        read(folder, photos),
-        PhotoFinder(photos),
-        dataset_label(name, folder, split),
-        expected.format(photos=photos),
-        unit=unit,
-    )
+load_gaicd = _benchmark(
+    "gaicd",
+    "GAICD in either form; photos in ``images`` (default ``root/images``, subfolders too).",
+    lambda folder, split, photos: read_gaicd(folder, split),
+    "<id>.jpg photos under {photos} (subfolders too)",
+)
+load_fcdb = _benchmark(
+    "fcdb",
+    "FCDB; photos in ``images`` (default ``root/images``, else ``root``), by id or url name.",
+    lambda folder, split, photos: read_fcdb(folder, split),
+    "photos under {photos} named by Flickr id (<id>.jpg, <id>_...) or by the url's file name",
+)
+load_sacd = _benchmark(
+    "sacd",
+    "SACD; photos in ``images`` (default ``root/images``) as ``<name>.jpg``.",
+    lambda folder, split, photos: read_sacd(folder, split, images=photos),
+    "<name>.jpg photos under {photos} for annotations/<name>_<k>.json",
+    unit="annotations",
+)
 
 
 def load_jsonl(

@@ -8,6 +8,19 @@ import pytest
 from PIL import Image
 
 from cropper.agent.result import CropResult
+from cropper.evaluation.truth import load_truth
+
+
+@pytest.fixture(scope="module")
+def gaicd_test(shared_data: Path):
+    """GAICD's real test split, read from ../shared/data."""
+    return load_truth("gaicd", shared_data / "gaicd", "test")
+
+
+@pytest.fixture(scope="module")
+def layout(shared_data: Path) -> Path:
+    """GAICD's official folder layout, three real photos."""
+    return shared_data / "gaicd" / "official_layout"
 
 
 class Scripted:

@@ -21,16 +21,6 @@ def _jsonl(path: Path, lines: list) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def gaicd_test(shared_data: Path):
-    return load_truth("gaicd", shared_data / "gaicd", "test")
-
-
-@pytest.fixture(scope="module")
-def layout(shared_data: Path) -> Path:
-    return shared_data / "gaicd" / "official_layout"
-
-
 # -- scores on the real GAICD test split --------------------------------------------------
 
 

@@ -33,16 +33,6 @@ def _official_lines(path: Path) -> tuple[list[tuple[float, ...]], list[float]]:
     return [(x1, y1, x2, y2) for y1, x1, y2, x2, _ in rows], [row[4] for row in rows]
 
 
-@pytest.fixture(scope="module")
-def gaicd_test(shared_data: Path):
-    return load_truth("gaicd", shared_data / "gaicd", "test")
-
-
-@pytest.fixture(scope="module")
-def layout(shared_data: Path) -> Path:
-    return shared_data / "gaicd" / "official_layout"
-
-
 # -- GAICD ---------------------------------------------------------------------------------
 
 
