@@ -235,31 +235,13 @@ def load_folder(
 ) -> list[Exemplar]:
     """Photos under ``root`` (subfolders too) with a sidecar JSON each; others are skipped."""
     _no_split_or_images("folder", split, images, "the photos are the ones beside their sidecars")
-    folder = _folder(root, "folder")
-    label = dataset_label("folder", folder, None)
-    expected = 'photos with a sidecar JSON each (a.jpg + a.json: {"crops": [[l, t, r, b], ...]})'
-    photos = sorted(_photos_under(folder))
-    if not photos:
-        raise ExemplarIndexError(f"{label}: no photos found; expected {expected}")
-    exemplars: list[Exemplar] = []
-    skipped = _Skipped()
-    for photo in photos:
-        name = photo.relative_to(folder).as_posix()
-        sidecar = photo.with_suffix(".json")
-        if not sidecar.is_file():
-            skipped.add(NO_SIDECAR, name)
-            continue
-        try:
-            photo_size(photo)  # tells an unreadable photo from a bad sidecar
-        except PHOTO_ERRORS as exc:
-            skipped.add(UNREADABLE, f"{name} ({exc})")
-            continue
-        try:
-            record = _read_sidecar(sidecar)
-            exemplars.append(parse_record({**record, "image": photo.name}, photo.parent))
-        except (OSError, UnicodeDecodeError, *_BAD_DATA) as exc:  # RecordError is a ValueError
-            skipped.add(MALFORMED, f"{sidecar.relative_to(folder).as_posix()} ({exc})")
-    return _finish(exemplars, skipped, len(photos), label, expected, "photos")
+    return _photos_with_sidecars(
+        "folder",
+        root,
+        'photos with a sidecar JSON each (a.jpg + a.json: {"crops": [[l, t, r, b], ...]})',
+        lambda photo, size, record: parse_record({**record, "image": photo.name}, photo.parent),
+        needs_sidecar=True,
+    )
 
 
 def load_pro(
@@ -271,12 +253,31 @@ def load_pro(
     optional sidecar adds sub-crops and a subject (see the module docstring).
     """
     _no_split_or_images("pro", split, images, "the photos are the ones under root")
-    folder = _folder(root, "pro")
-    label = dataset_label("pro", folder, None)
-    expected = (
+    return _photos_with_sidecars(
+        "pro",
+        root,
         "uncropped photos, each with an optional sidecar of sub-crops "
-        '(a.jpg + a.json: {"crops": [[l, t, r, b], ...], "scores": [...], "subject": [x, y]})'
+        '(a.jpg + a.json: {"crops": [[l, t, r, b], ...], "scores": [...], "subject": [x, y]})',
+        _pro_exemplar,
+        needs_sidecar=False,
     )
+
+
+def _photos_with_sidecars(
+    dataset: str,
+    root: PathLike,
+    expected: str,
+    exemplar_of: Callable[[Path, Size, dict[str, Any]], Exemplar],
+    *,
+    needs_sidecar: bool,
+) -> list[Exemplar]:
+    """The photos under ``root`` (subfolders too), each made an exemplar with its sidecar.
+
+    A photo that cannot be read, a sidecar that is missing (when ``needs_sidecar``) or
+    damaged, are skipped and reported in one warning.
+    """
+    folder = _folder(root, dataset)
+    label = dataset_label(dataset, folder, None)
     photos = sorted(_photos_under(folder))
     if not photos:
         raise ExemplarIndexError(f"{label}: no photos found; expected {expected}")
@@ -284,15 +285,18 @@ def load_pro(
     skipped = _Skipped()
     for photo in photos:
         name = photo.relative_to(folder).as_posix()
+        sidecar = photo.with_suffix(".json")
+        if needs_sidecar and not sidecar.is_file():
+            skipped.add(NO_SIDECAR, name)
+            continue
         try:
-            size = photo_size(photo)
+            size = photo_size(photo)  # tells an unreadable photo from a bad sidecar
         except PHOTO_ERRORS as exc:
             skipped.add(UNREADABLE, f"{name} ({exc})")
             continue
-        sidecar = photo.with_suffix(".json")
         try:
             record = _read_sidecar(sidecar) if sidecar.is_file() else {}
-            exemplars.append(_pro_exemplar(photo, size, record))
+            exemplars.append(exemplar_of(photo, size, record))
         except (OSError, UnicodeDecodeError, *_BAD_DATA) as exc:  # RecordError is a ValueError
             skipped.add(MALFORMED, f"{sidecar.relative_to(folder).as_posix()} ({exc})")
     return _finish(exemplars, skipped, len(photos), label, expected, "photos")

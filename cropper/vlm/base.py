@@ -23,6 +23,23 @@ class Sampling:
     top_p: float | None = None  # nucleus sampling; None: the backend's default, not sent
     top_k: int | None = None  # sample from the k likeliest tokens; None: not sent
 
+    def settings(self) -> dict[str, Any]:
+        """The sampling settings every backend passes on, in the engines' own names.
+
+        ``n``, ``temperature`` and ``max_tokens`` always; ``seed``, ``top_p`` and ``top_k``
+        only when set.
+        """
+        out: dict[str, Any] = {
+            "n": self.n,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        # Sent only when set: an engine's own defaults (the model's generation config) stand.
+        for name in ("seed", "top_p", "top_k"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
 
 class VLM(ABC):
     """A vision-language model: a batch of conversations in, ``n`` replies each out.

@@ -240,23 +240,11 @@ def build_chat_request(
     A JSON schema goes in ``response_format`` (OpenAI's form, which vLLM >= 0.12
     honours; it dropped ``guided_json``).
     """
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "n": sampling.n,
-        "temperature": sampling.temperature,
-        # The OpenAI name, which vLLM, SGLang, llama.cpp and transformers serve read first;
-        # max_tokens, deprecated there, for servers that know only it (Ollama).
-        "max_completion_tokens": sampling.max_tokens,
-        "max_tokens": sampling.max_tokens,
-    }
-    if sampling.seed is not None:
-        body["seed"] = sampling.seed
-    # Sent only when set: a server's own defaults (the model's generation config) stand.
-    if sampling.top_p is not None:
-        body["top_p"] = sampling.top_p
-    if sampling.top_k is not None:
-        body["top_k"] = sampling.top_k  # vLLM, SGLang, llama.cpp and transformers serve read it
+    body: dict[str, Any] = {"model": model, "messages": messages, **sampling.settings()}
+    # The OpenAI name, which vLLM, SGLang, llama.cpp and transformers serve read first;
+    # max_tokens, deprecated there, stays for servers that know only it (Ollama). top_k is
+    # no OpenAI field, but vLLM, SGLang, llama.cpp and transformers serve read it.
+    body["max_completion_tokens"] = sampling.max_tokens
     if sampling.json_schema is not None and structured_outputs:
         body["response_format"] = {
             "type": "json_schema",

@@ -45,17 +45,7 @@ def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
     A JSON schema appears as ``structured_outputs={"json": schema}``; the caller
     wraps it in ``StructuredOutputsParams``, keeping this function free of vLLM.
     """
-    kwargs: dict[str, Any] = {
-        "n": sampling.n,
-        "temperature": sampling.temperature,
-        "max_tokens": sampling.max_tokens,
-    }
-    if sampling.seed is not None:
-        kwargs["seed"] = sampling.seed
-    if sampling.top_p is not None:
-        kwargs["top_p"] = sampling.top_p
-    if sampling.top_k is not None:
-        kwargs["top_k"] = sampling.top_k
+    kwargs = sampling.settings()
     if sampling.json_schema is not None:
         kwargs["structured_outputs"] = {"json": sampling.json_schema}
     return kwargs
