@@ -11,9 +11,10 @@ from PIL import Image
 from cropper.core.errors import ConfigError
 from cropper.core.messages import ImagePart, Message, TextPart
 from cropper.testing.openai_server import OpenAICompatibleServer
-from cropper.vlm import openai_server
+from cropper.vlm import openai_server, openai_wire
 from cropper.vlm.base import Sampling
-from cropper.vlm.openai_server import ImageURLCache, OpenAIServerVLM
+from cropper.vlm.openai_server import OpenAIServerVLM
+from cropper.vlm.openai_wire import ImageURLCache
 
 FAST = {"timeout": 10.0, "backoff_initial": 0.01, "backoff_max": 0.05}
 
@@ -27,13 +28,13 @@ def prompt(query: Image.Image, exemplars: list[tuple[str, Image.Image]], text: s
 def encodes(monkeypatch):
     """Counts JPEG encodings made by the backend."""
     calls: list[tuple[int, int]] = []
-    real = openai_server.encode_image
+    real = openai_wire.encode_image
 
     def counting(image, *args, **kwargs):
         calls.append(image.size)
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(openai_server, "encode_image", counting)
+    monkeypatch.setattr(openai_wire, "encode_image", counting)
     return calls
 
 

@@ -264,7 +264,7 @@ def test_a_url_with_a_query_keeps_it_after_the_endpoint(server):
     ],
 )
 def test_endpoint_url_puts_the_endpoint_in_the_path(base, expected):
-    from cropper.vlm.openai_server import endpoint_url, normalize_base_url
+    from cropper.vlm.openai_wire import endpoint_url, normalize_base_url
 
     assert endpoint_url(normalize_base_url(base), "/chat/completions") == expected
     pasted = base.replace("/v1", "/v1/chat/completions")
