@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import re
 import tempfile
@@ -49,17 +50,101 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def save_image(image: Image.Image, path: str | os.PathLike, quality: int = 95) -> None:
-    """Save in the format the file name asks for (JPEG, PNG, WebP, ...)."""
+#: Formats whose files carry an ICC profile and an EXIF block, as Pillow writes them.
+METADATA_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "AVIF"})
+#: Formats saved with a quality (1-100); the others are lossless or have none.
+QUALITY_FORMATS = frozenset({"JPEG", "WEBP", "AVIF"})
+#: Formats that record a resolution (dots per inch).
+_DPI_FORMATS = frozenset({"JPEG", "PNG", "TIFF"})
+#: JPEG keeps full-resolution colour (4:4:4) from this quality up, else halves it (4:2:0).
+FULL_CHROMA_QUALITY = 90
+#: The most EXIF bytes a JPEG can hold (one APP1 marker).
+_JPEG_MAX_EXIF = 65533
+_MAKER_NOTE = 0x927C
+
+
+def save_image(
+    image: Image.Image, path: str | os.PathLike, quality: int = 95, *, keep_gps: bool = False
+) -> None:
+    """Save in the format the file name asks for (JPEG, PNG, WebP, ...), atomically.
+
+    What the photo had comes along where the format can hold it (JPEG, PNG, WebP, TIFF,
+    AVIF): its ICC profile (when it describes the image's pixels) and its EXIF block,
+    camera details kept, as :func:`cropper.core.images.upright_exif` gives it: no
+    orientation tag (so 1: the pixels are upright), no thumbnail (it shows the whole
+    photo), the pixel dimensions of the image saved, and no GPS position unless
+    ``keep_gps``. XMP is not written (it can repeat the position and describes the whole
+    photo). The resolution (DPI) is kept too.
+
+    ``quality`` (1-100) is that of JPEG, WebP and AVIF; from
+    :data:`FULL_CHROMA_QUALITY` up a JPEG keeps its colour at full resolution (4:4:4), as
+    a crop is often viewed larger and its photo's colour was already halved once.
+    """
+    from cropper.core.errors import ConfigError
+
     target = Path(path)
     fmt = Image.registered_extensions().get(target.suffix.lower())
     if fmt is None:
-        from cropper.core.errors import ConfigError
-
         raise ConfigError(f"{target}: unknown image extension; use .jpg, .png or .webp")
-    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ConfigError(f"quality {quality!r}: expected a whole number from 1 to 100")
+    options = _save_options(image, fmt, quality, keep_gps=keep_gps, name=target)
     with atomic_path(target) as tmp:
         image.save(tmp, format=fmt, **options)
+
+
+def _save_options(
+    image: Image.Image, fmt: str, quality: int, *, keep_gps: bool, name: object
+) -> dict:
+    """What Pillow's writer for ``fmt`` is given: quality, profile, EXIF, resolution."""
+    options: dict = {}
+    if fmt in QUALITY_FORMATS:
+        options["quality"] = quality
+    if fmt == "JPEG":
+        options["subsampling"] = 0 if quality >= FULL_CHROMA_QUALITY else 2
+        options["optimize"] = True  # smaller Huffman tables, the same pixels
+    if fmt in _DPI_FORMATS:
+        dpi = image.info.get("dpi")
+        if _is_dpi(dpi):
+            options["dpi"] = tuple(dpi)
+    if fmt not in METADATA_FORMATS:
+        return options
+    from cropper.core.errors import ImageError
+    from cropper.core.images import icc_profile_of, upright_exif
+
+    # Given always, so that a profile in image.info that misdescribes the pixels is not
+    # written by the formats that would take it from there (PNG, TIFF, AVIF).
+    options["icc_profile"] = icc_profile_of(image)
+    try:
+        exif = upright_exif(image, keep_gps=keep_gps)
+    except ImageError as exc:
+        log.warning("%s: saved without the photo's %s", name, exc)
+        exif = None
+    if exif and fmt == "JPEG" and len(exif) > _JPEG_MAX_EXIF:
+        exif = _without_maker_note(exif)
+        if len(exif) > _JPEG_MAX_EXIF:
+            log.warning("%s: saved without the photo's EXIF block (too long for JPEG)", name)
+            exif = None
+    if exif:
+        options["exif"] = exif
+    return options
+
+
+def _is_dpi(value: object) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+        and all(0 < v < 65536 for v in value)
+    )
+
+
+def _without_maker_note(exif_bytes: bytes) -> bytes:
+    """The EXIF block without its maker note (the camera's private, often largest, part)."""
+    exif = Image.Exif()
+    exif.load(exif_bytes)
+    exif.get_ifd(0x8769).pop(_MAKER_NOTE, None)
+    return exif.tobytes()
 
 
 def read_json_lines(path: str | os.PathLike) -> list[dict]:

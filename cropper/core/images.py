@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import logging
 import os
@@ -24,12 +25,15 @@ __all__ = [
     "URL_MAX_BYTES",
     "URL_TIMEOUT",
     "NotRegularFileError",
+    "colour_space",
     "describe",
     "file_problem",
     "fit_within",
+    "icc_profile_of",
     "load_image",
     "open_regular_file",
     "shorten_path",
+    "upright_exif",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,14 @@ def load_image(
     most ``url_max_bytes`` within ``url_timeout`` seconds), a PIL image (its current
     frame), an array (HxW, HxWx3 or HxWx4) or the bytes of a file. An animated photo
     gives its first frame; transparency is shown over white.
+
+    The photo's metadata stays in ``info``, true of the pixels returned, so that crops
+    (``photo.crop``, ``photo.resize``, which copy ``info``) and
+    :func:`cropper.core.fileio.save_image` keep it: ``exif`` (bytes; see
+    :func:`upright_exif`: no orientation, as the pixels are upright, and no thumbnail; GPS
+    kept here, dropped on saving unless asked) and ``icc_profile`` when it describes RGB.
+    A CMYK or grey photo with its own profile is converted to sRGB through it and tagged
+    sRGB; another profile that cannot describe RGB pixels is left out.
 
     Raises :class:`ImageError` naming the photo when it is missing, unreadable,
     truncated, not an image, empty, or larger than ``max_pixels`` (checked from the
@@ -250,24 +262,216 @@ def _why(exc: Exception) -> str:
 
 
 def _displayed(image: Image.Image, name: str) -> Image.Image:
-    """The photo as shown: EXIF orientation applied, then RGB; always a new image."""
+    """The photo as shown: EXIF orientation applied, then RGB; always a new image.
+
+    Its ``info`` comes along, made true of the pixels returned: ``exif`` from
+    :func:`upright_exif`, ``icc_profile`` from :func:`_as_rgb`.
+    """
     try:
         image.load()  # a lazily opened PIL image given by the caller decodes here
     except Exception as exc:  # decoders fail in many ways on bad files
         raise _undecodable(name, exc) from None
     try:
         oriented = ImageOps.exif_transpose(image)
+        exif_readable = True
     except Exception as exc:  # a malformed EXIF block fails in many ways
         # As viewers do: a broken orientation tag is ignored, not fatal.
         log.warning("%s: ignored its unreadable EXIF orientation (%s)", name, _why(exc))
-        oriented = image
+        oriented, exif_readable = image, False
+    rgb, profile = _as_rgb(oriented, name)
+    out = rgb.copy() if rgb is image else rgb
+    exif = None
+    if exif_readable:
+        try:
+            exif = upright_exif(image, out.size)
+        except ImageError as exc:
+            log.warning("%s: left out its %s", name, exc)
+    _set_metadata(out, oriented.info, exif=exif, icc_profile=profile)
+    return out
+
+
+def _as_rgb(image: Image.Image, name: str) -> tuple[Image.Image, bytes | None]:
+    """The pixels in RGB, and the ICC profile that describes them (``None``: none does).
+
+    An RGB profile stays with pixels that were RGB (or RGBA, or a palette); a CMYK or grey
+    photo is converted through its own profile to sRGB; any other profile is left out.
+    """
+    profile = _profile_bytes(image.info.get("icc_profile"))
+    space = colour_space(profile)
+    if space in _MANAGED and image.mode == _MANAGED[space]:
+        managed = _managed_to_srgb(image, profile, name)
+        if managed is not None:
+            return managed, _srgb_profile()
+        profile = None
+    elif profile is not None and (space != "RGB" or image.mode not in _RGB_MODES):
+        log.debug("%s: left out its %s ICC profile of %s pixels", name, space, image.mode)
+        profile = None
     try:
-        rgb = oriented if oriented.mode == "RGB" else _to_rgb(oriented)
+        return (image if image.mode == "RGB" else _to_rgb(image)), profile
     except Exception as exc:  # decoders fail in many ways on bad files
         raise ImageError(
-            f"{name}: cannot convert its {oriented.mode} pixels to RGB ({_why(exc)})"
+            f"{name}: cannot convert its {image.mode} pixels to RGB ({_why(exc)})"
         ) from None
-    return rgb.copy() if rgb is image else rgb
+
+
+# ----------------------------------------------------------------------------- metadata
+
+#: Modes whose pixels an RGB profile describes as they are once converted to RGB: RGB
+#: itself, RGB with alpha (composited over white, which is white in any RGB space) and
+#: palettes of RGB colours.
+_RGB_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX", "P", "PA"})
+
+#: Profiles converted to sRGB by colour management, by colour space: the mode they describe.
+_MANAGED = {"CMYK": "CMYK", "GRAY": "L"}
+
+#: ``info`` keys :func:`_displayed` sets itself (or drops: transparency is composited away,
+#: and a PNG's hex-encoded EXIF text is what ``exif`` now holds).
+_REPLACED_INFO = ("exif", "icc_profile", "transparency", "Raw profile type exif")
+
+_ORIENTATION = 0x0112
+_EXIF_IFD = 0x8769
+_GPS_IFD = 0x8825
+_PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # PixelXDimension, PixelYDimension in the EXIF IFD
+
+#: IFD0 tags that describe how a TIFF file lays out its pixels (or embed blocks kept
+#: elsewhere or not at all: the ICC profile, XMP, Photoshop, IPTC), not the photo: a
+#: TIFF's tag directory is its EXIF, and these would be false in any other file.
+_LAYOUT_TAGS = frozenset(
+    {
+        0x00FE, 0x00FF,  # NewSubfileType, SubfileType
+        0x0100, 0x0101, 0x0102, 0x0103, 0x0106, 0x010A,  # size, bits, compression, ...
+        0x0111, 0x0115, 0x0116, 0x0117, 0x011C,  # strips, samples, planar configuration
+        0x013D, 0x0140, 0x0142, 0x0143, 0x0144, 0x0145,  # predictor, colour map, tiles
+        0x0152, 0x0153, 0x015B,  # extra samples, sample format, JPEG tables
+        0x0201, 0x0202, 0x0212,  # an embedded JPEG (a thumbnail), YCbCr subsampling
+        0x02BC, 0x83BB, 0x8649, 0x8773,  # XMP, IPTC, Photoshop, ICC profile
+    }
+)  # fmt: skip
+
+
+def colour_space(profile: bytes | None) -> str | None:
+    """The colour space an ICC profile describes (``"RGB"``, ``"CMYK"``, ``"GRAY"``, ...).
+
+    Read from the profile header (bytes 16-20); ``None`` for no profile or one too short
+    to have a header.
+    """
+    if not profile or len(profile) < 128:
+        return None
+    return profile[16:20].decode("latin-1").strip() or None
+
+
+def icc_profile_of(image: Image.Image) -> bytes | None:
+    """The ICC profile in ``image.info`` if it describes the image's pixels, else ``None``.
+
+    An RGB profile goes with RGB (and RGBA, palette) pixels, a grey one with grey, a CMYK
+    one with CMYK: a profile saved with pixels of another kind would misdescribe them.
+    """
+    profile = _profile_bytes(image.info.get("icc_profile"))
+    space = colour_space(profile)
+    if space == "RGB" and image.mode in _RGB_MODES:
+        return profile
+    if space == "GRAY" and image.mode in ("L", "LA", "La"):
+        return profile
+    if space == "CMYK" and image.mode == "CMYK":
+        return profile
+    return None
+
+
+def upright_exif(
+    image: Image.Image, size: tuple[int, int] | None = None, *, keep_gps: bool = True
+) -> bytes | None:
+    """The EXIF block for an upright copy of ``image``, ``size`` big: ``image``'s own, fixed.
+
+    Camera details (make, model, lens, exposure, dates, ...) are kept; the orientation is
+    left out (the pixels are taken as upright, as :func:`load_image` makes them), so are
+    TIFF layout tags and the thumbnail (it shows the whole photo), and the GPS position
+    unless ``keep_gps``. The pixel dimensions recorded, if any, become ``size`` (the
+    image's own by default). ``None`` when nothing is left.
+
+    The block is read from ``image.info["exif"]``, which crops copy, else from what
+    ``image.getexif()`` finds (a TIFF's tag directory, a PNG's EXIF text); ``image`` itself
+    is left as it was. Raises :class:`ImageError` when the block cannot be read or
+    written back.
+    """
+    try:
+        exif = Image.Exif()  # a copy: the caller's image keeps its own EXIF as it was
+        raw = image.info.get("exif")
+        if isinstance(raw, (bytes, bytearray)) and raw:
+            exif.load(bytes(raw))
+        else:
+            source = image.getexif()
+            if not len(source):
+                return None
+            exif.load(source.tobytes())
+        # The GPS block is dropped by its pointer, before anything reads it in: Pillow
+        # writes back every sub-block it has read.
+        dropped = {_ORIENTATION, *_LAYOUT_TAGS} | (set() if keep_gps else {_GPS_IFD})
+        for tag in dropped & set(exif):
+            del exif[tag]
+        if _EXIF_IFD in exif:
+            details = exif.get_ifd(_EXIF_IFD)
+            width, height = size or image.size
+            if _PIXEL_X in details:
+                details[_PIXEL_X] = width
+            if _PIXEL_Y in details:
+                details[_PIXEL_Y] = height
+        return exif.tobytes() if len(exif) else None  # IFD1, the thumbnail, is not written
+    except Exception as exc:  # a malformed EXIF block fails in many ways
+        raise ImageError(f"unreadable EXIF block ({_why(exc)})") from None
+
+
+def _profile_bytes(value: object) -> bytes | None:
+    return bytes(value) if isinstance(value, (bytes, bytearray)) and value else None
+
+
+def _set_metadata(
+    image: Image.Image, info: dict, *, exif: bytes | None, icc_profile: bytes | None
+) -> None:
+    """Give ``image`` the ``info`` it came with, its EXIF and profile replaced."""
+    kept = {key: value for key, value in info.items() if key not in _REPLACED_INFO}
+    if exif:
+        kept["exif"] = exif
+    if icc_profile:
+        kept["icc_profile"] = icc_profile
+    image.info = kept
+    # Pillow caches a parsed EXIF per image (exif_transpose read the old block): reload
+    # it, so that getexif() tells what info now holds.
+    image.getexif().load(exif or b"")
+
+
+def _managed_to_srgb(image: Image.Image, profile: bytes, name: str) -> Image.Image | None:
+    """A CMYK or grey photo converted to sRGB through its own ICC profile.
+
+    ``None`` when that cannot be done (Pillow without LittleCMS, a profile LittleCMS
+    rejects): the caller then converts naively and leaves the profile out.
+    """
+    try:
+        from PIL import ImageCms
+    except ImportError:  # Pillow built without LittleCMS
+        log.debug("%s: no ImageCms to convert its %s profile's colours", name, image.mode)
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        return ImageCms.profileToProfile(image, source, _srgb(), outputMode="RGB")
+    except Exception as exc:  # LittleCMS rejects bad profiles in many ways
+        log.warning(
+            "%s: ignored its unusable %s ICC profile (%s); colours converted without it",
+            name, image.mode, _why(exc),
+        )  # fmt: skip
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb():
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile() -> bytes:
+    """The bytes of LittleCMS's sRGB profile, which tags photos converted to sRGB."""
+    return _srgb().tobytes()
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
