@@ -20,6 +20,7 @@ _EXPORTS = {
     "Cropper": "cropper.agent.loop",
     "CropConfig": "cropper.agent.loop",
     "CropResult": "cropper.agent.result",
+    "RatioCrops": "cropper.agent.result",
     "Candidate": "cropper.agent.result",
     "Round": "cropper.agent.result",
     "Box": "cropper.core.boxes",
@@ -51,6 +52,7 @@ __all__ = [
     "ExemplarIndexError",
     "ImageError",
     "PromptSet",
+    "RatioCrops",
     "Round",
     "Sampling",
     "VLM",
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
     from cropper.agent.loop import CropConfig, Cropper
     from cropper.agent.parsing import parse_boxes, parse_reply
     from cropper.agent.prompts import PromptSet
-    from cropper.agent.result import Candidate, CropResult, Round
+    from cropper.agent.result import Candidate, CropResult, RatioCrops, Round
     from cropper.core.boxes import Box, fit_aspect
     from cropper.core.errors import (
         ConfigError,

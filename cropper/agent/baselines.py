@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from cropper.agent import components
-from cropper.agent.constraints import DEFAULT_MIN_SIDE, Constraints
+from cropper.agent.constraints import DEFAULT_MIN_SIDE, Constraints, avoid_shares
 from cropper.agent.grid import (
     SCALES,
     STEPS,
@@ -77,31 +78,45 @@ class Baseline:
         ratio: Any = None,
         allow_urls: bool = False,
         min_side: float = DEFAULT_MIN_SIDE,
+        keep: Sequence[Box] = (),
+        avoid: Sequence[Box] = (),
+        faces: Sequence[Box] = (),
     ) -> CropResult:
         """Crop one photo; the arguments and their errors are those of ``Cropper.crop``.
 
         Candidates that break the request (sides under ``min_side`` of the photo's, a
-        subject left out) are left out; when none is left, the best one is repaired.
+        subject or keep region left out, a face cut) are left out; when none is left, the
+        best one is repaired. ``faces`` are the photo's, found by the caller. With regions
+        to ``avoid``, the share of them a candidate holds is taken off its score.
         """
         task, ratio_ = check_request(task, subject=subject, ratio=ratio)
         photo = load_image(image, allow_urls=allow_urls)
         subject_ = _subject(subject, photo) if task == "subject" else None
         constraints = Constraints(
-            photo.size, min_side, subject_, ratio_.value if ratio_ else None
+            photo.size,
+            min_side,
+            subject_,
+            ratio_.value if ratio_ else None,
+            keep=tuple(keep),
+            faces=tuple(faces),
         )
-        ranked = self.rank(photo, task, subject_, ratio_)
+        constraints.check_keep()
+        ranked = _avoiding(self.rank(photo, task, subject_, ratio_), avoid)
         notes = list(self.notes(task))
         valid = [r for r in ranked if not constraints.check(r[0])]
         if valid:
             repairs = [""] * len(valid)
             if len(valid) < len(ranked):
                 n = len(ranked) - len(valid)
-                notes.append(f"{n} candidate{'s' * (n > 1)} under min_side or without the subject")
+                notes.append(
+                    f"{n} candidate{'s' * (n > 1)} broke the request (under min_side, without the "
+                    "subject or a keep region, or through a face)"
+                )
         else:
             # Every candidate breaks the request (no candidate of a strip is wide enough):
             # the best one, repaired, stands alone, scored as the baseline scores.
             fixed = constraints.repair(max(ranked, key=lambda r: r[1])[0])
-            valid = self.rank_boxes(photo, task, [fixed.box])
+            valid = _avoiding(self.rank_boxes(photo, task, [fixed.box]), avoid)
             repairs = [fixed.change]
             notes.append(f"no candidate satisfied the request: the best was {fixed.change}")
         candidates = sorted(
@@ -311,6 +326,17 @@ def _subject(spec: Any, photo: Image.Image) -> Subject:
             "box x0,y0,x1,y1 or a mask, or crop with a VLM"
         )
     return main_subject(photo)
+
+
+def _avoiding(ranked: Ranked, avoid: Sequence[Box]) -> Ranked:
+    """The ranked boxes with the share of ``avoid`` each holds taken off its score."""
+    if not avoid:
+        return ranked
+    shares = avoid_shares([box for box, _, _ in ranked], avoid)
+    return [
+        (box, score - float(share), {**terms, "avoid": round(float(share), 6)})
+        for (box, score, terms), share in zip(ranked, shares, strict=True)
+    ]
 
 
 def _holding(boxes: list[Box], subject: Subject) -> list[Box]:

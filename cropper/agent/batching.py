@@ -50,8 +50,49 @@ class Score:
     embedding: np.ndarray | None
 
 
-Request = Generate | Embed | Score
+@dataclass(frozen=True)
+class Together:
+    """Requests of one photo's parallel loops (one a ratio): answered with a list of answers.
+
+    They go out with every other photo's requests, so a photo's four ratios cost one model
+    call a round, not four.
+    """
+
+    requests: tuple[Generate | Embed | Score, ...]
+
+
+Request = Generate | Embed | Score | Together
 Steps = Generator[Request, Any, Any]  # yields requests, receives answers, returns a result
+
+
+def together(steps: Sequence[Steps]) -> Generator[Together, list[Any], list[Any]]:
+    """Run several loops of one photo in lockstep; returns their results, in order.
+
+    Each step yields one :class:`Together` of every loop's next request. A loop that
+    raises ends them all (the others are closed) with its error.
+    """
+    results: list[Any] = [None] * len(steps)
+    answers: dict[int, Any] = dict.fromkeys(range(len(steps)))
+    try:
+        while answers:
+            waiting: dict[int, Request] = {}
+            for i, answer in answers.items():
+                try:
+                    if isinstance(answer, BaseException):
+                        waiting[i] = steps[i].throw(answer)
+                    else:
+                        waiting[i] = steps[i].send(answer)
+                except StopIteration as done:
+                    results[i] = done.value
+            if not waiting:
+                break
+            keys = list(waiting)
+            got = yield Together(tuple(waiting[k] for k in keys))
+            answers = dict(zip(keys, got, strict=True))
+    finally:
+        for step in steps:
+            step.close()
+    return results
 
 
 class Server:
@@ -73,8 +114,26 @@ class Server:
     def answer(self, requests: Sequence[Request]) -> list[Any]:
         """One answer per request, in order; an error is the answer of the requests it hit.
 
-        A :class:`VLMError` that every request would meet (``stops_batch``) is raised.
+        The requests inside a :class:`Together` are answered with the others, and their
+        answers come back as its list. A :class:`VLMError` that every request would meet
+        (``stops_batch``) is raised.
         """
+        flat: list[Request] = []
+        spans: list[tuple[int, int] | None] = []
+        for request in requests:
+            if isinstance(request, Together):
+                spans.append((len(flat), len(flat) + len(request.requests)))
+                flat.extend(request.requests)
+            else:
+                spans.append(None)
+                flat.append(request)
+        answers = self._answer_flat(flat)
+        return [
+            answers[i] if span is None else answers[span[0] : span[1]]
+            for i, span in zip(_positions(spans), spans, strict=True)
+        ]
+
+    def _answer_flat(self, requests: Sequence[Request]) -> list[Any]:
         answers: list[Any] = [None] * len(requests)
         for kind, call in ((Generate, self._generate), (Embed, self._embed), (Score, self._score)):
             positions = [i for i, r in enumerate(requests) if isinstance(r, kind)]
@@ -102,6 +161,15 @@ class Server:
 
     def _score(self, requests: list[Score]) -> list[list[Any]]:
         return self.scorer.score_many([(r.photo, r.boxes, r.task, r.embedding) for r in requests])
+
+
+def _positions(spans: list[tuple[int, int] | None]) -> list[int]:
+    """Where each request's answer sits among the flattened ones (a Together: its start)."""
+    out, at = [], 0
+    for span in spans:
+        out.append(at)
+        at = span[1] if span is not None else at + 1
+    return out
 
 
 def _alike(positions: list[int], requests: Sequence[Request]) -> list[list[int]]:

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,15 +68,46 @@ class ExemplarSource:
         bank's copy (the same file, or an embedding as good as identical) is left out, and
         one more exemplar taken in its place.
         """
+        each, itself = self.retrieve_each(
+            embedding,
+            task,
+            [ratio],
+            count=count,
+            crops_per_exemplar=crops_per_exemplar,
+            side=side,
+            subject=subject,
+            budget=budget,
+            query=query,
+        )
+        return each[0], itself
+
+    def retrieve_each(
+        self,
+        embedding: np.ndarray,
+        task: str,
+        ratios: Sequence[Ratio | None],
+        *,
+        count: int,
+        crops_per_exemplar: int,
+        side: int,
+        subject: Subject | None = None,
+        budget: PixelBudget | None = None,
+        query: str | None = None,
+    ) -> tuple[list[list[PromptExemplar]], list[str]]:
+        """:meth:`retrieve` for each of ``ratios``, from one search of the bank.
+
+        The nearest photos are the same for every ratio; only the crops shown of each
+        (those nearest the ratio) differ.
+        """
         from retrieval.selection import select_crops
 
+        each: list[list[PromptExemplar]] = [[] for _ in ratios]
         if count <= 0:
-            return [], []
-        exemplars = []
+            return each, []
         itself: list[str] = []
         here = os.path.realpath(query) if query else None
         for hit in self.index.search(embedding, k=count + 3):
-            if len(exemplars) == count:
+            if all(len(exemplars) == count for exemplars in each):
                 break
             if hit.similarity >= SAME_PHOTO or (here and os.path.realpath(hit.image) == here):
                 itself.append(hit.image)
@@ -83,16 +115,19 @@ class ExemplarSource:
             photo = self._photo(hit.image, side, budget)
             if photo is None:
                 continue
-            crops = select_crops(
-                hit,
-                task,
-                top=crops_per_exemplar,
-                subject=subject.point if subject else None,
-                ratio=ratio.value if ratio else None,
-            )
-            if crops:
-                exemplars.append(PromptExemplar(photo, list(crops), float(hit.similarity)))
-        return exemplars, itself
+            for exemplars, ratio in zip(each, ratios, strict=True):
+                if len(exemplars) == count:
+                    continue
+                crops = select_crops(
+                    hit,
+                    task,
+                    top=crops_per_exemplar,
+                    subject=subject.point if subject else None,
+                    ratio=ratio.value if ratio else None,
+                )
+                if crops:
+                    exemplars.append(PromptExemplar(photo, list(crops), float(hit.similarity)))
+        return each, itself
 
     def _photo(self, path: str, side: int, budget: PixelBudget | None) -> PromptPhoto | None:
         # A budget gives other pixels than the plain fit: cached and named apart.

@@ -29,6 +29,7 @@ from cropper.agent.batching import (
     drive_many,
     drive_one,
     pipelined,
+    together,
 )
 from cropper.agent.composition import (
     Composition,
@@ -36,12 +37,19 @@ from cropper.agent.composition import (
     load_compositions,
     parse_composition,
 )
-from cropper.agent.constraints import DEFAULT_MIN_SIDE, Constraints, check_min_side
+from cropper.agent.constraints import (
+    DEFAULT_MIN_SIDE,
+    Constraints,
+    avoid_shares,
+    check_min_side,
+)
 from cropper.agent.diversity import diverse_top
 from cropper.agent.exemplars import ExemplarSource, PromptExemplar
+from cropper.agent.focus import focus_point
 from cropper.agent.parsing import parse_boxes, parse_reply
 from cropper.agent.prompts import PromptPhoto, PromptSet
-from cropper.agent.result import Candidate, CropResult, PartialCrop, Round
+from cropper.agent.request import CropRequest, make_request
+from cropper.agent.result import Candidate, CropResult, PartialCrop, RatioCrops, Round
 from cropper.agent.sizing import budget_from_spec, fit_to_budget, within_aspect
 from cropper.core import defaults
 from cropper.core.boxes import Box, fit_aspect
@@ -49,8 +57,9 @@ from cropper.core.errors import ConfigError, CropperError, WeightsNotFoundError
 from cropper.core.fetch import is_url, show_url
 from cropper.core.images import ImageInput, load_image
 from cropper.core.messages import Conversation
-from cropper.core.tasks import Ratio, Subject, check_request, subject_from_spec
+from cropper.core.tasks import Ratio, Subject, subject_from_spec
 from cropper.scoring.knowledge import KNOWLEDGE_DIR
+from cropper.scoring.saliency import saliency_map
 from cropper.scoring.scorer import Scorer, weights_by_task
 from cropper.vlm.base import VLM, Sampling
 from cropper.vlm.schema import boxes_schema, ground_schema
@@ -205,18 +214,14 @@ class Cropper:
             self.embedder = None
         weights = weights_by_task(score_weights)
         clip_name = components.clip_spec(clip, index) if missing else None
-        aesthetic_head = components.make_head(
-            head, self.embedder, clip=clip_name, missing=missing
-        )
+        aesthetic_head = components.make_head(head, self.embedder, clip=clip_name, missing=missing)
         if missing and not any(m.flag == "--clip" for m in missing):
             # The default head alone: scoring goes on without it (the scorer says how).
             log.warning("default aesthetic head %s is not on this machine", missing[0].spec)
             missing.clear()
         if missing:
             vlm_missing = components.missing_vlm(vlm)  # looked up, not loaded
-            raise components.missing_models_error(
-                missing + ([vlm_missing] if vlm_missing else [])
-            )
+            raise components.missing_models_error(missing + ([vlm_missing] if vlm_missing else []))
         # Exemplars only feed the VLM's prompt: without a VLM the bank is left unloaded.
         self.index = components.make_index(index, self.embedder) if vlm is not None else None
         self.scorer = Scorer(
@@ -272,8 +277,12 @@ class Cropper:
         *,
         subject: Any = None,
         ratio: Any = None,
+        keep: Any = None,
+        avoid: Any = None,
+        protect: Any = None,
+        size: Any = None,
         **settings: Any,
-    ) -> CropResult:
+    ) -> CropResult | RatioCrops:
         """Crop one photo.
 
         Args:
@@ -282,13 +291,25 @@ class Cropper:
             subject: for ``"subject"``: a point ``(x, y)``, a box ``(x0, y0, x1, y1)``
                 (normalized), a mask, a text phrase, or ``None`` (the VLM finds the
                 main subject).
-            ratio: for ``"aspect"``: ``"16:9"``, ``1.78`` or ``(16, 9)``.
+            ratio: for ``"aspect"``: ``"16:9"``, ``1.78`` or ``(16, 9)``; or a list of
+                them (``["1:1", "4:5"]``), which returns a :class:`RatioCrops`, one crop per
+                ratio keyed by the ratio as written.
+            keep: normalized boxes ``(x0, y0, x1, y1)`` every crop must hold.
+            avoid: normalized boxes a crop should leave out: the share of them it holds
+                is taken from its score (the ``avoid`` term).
+            protect: ``"faces"``: no crop cuts through a face, and the largest face is
+                in whenever the request allows (needs ``cropper[faces]``).
+            size: the crop's size as :attr:`CropResult.image` gives it: the long side
+                (``1080``) or ``(w, h)`` (``"1080x1350"``), which implies its ratio.
             **settings: :class:`CropConfig` fields for this call only.
         """
         cfg = self.config.replace(**settings) if settings else self.config
+        request = make_request(
+            task, subject=subject, ratio=ratio, keep=keep, avoid=avoid, protect=protect, size=size
+        )
         if self._no_vlm is not None:
-            return self._crop_without_vlm(image, task, subject, ratio, cfg)
-        return drive_one(self._steps(image, task, subject, ratio, cfg), self._server)
+            return self._crop_without_vlm(image, request, cfg)
+        return drive_one(self._steps(image, request, cfg), self._server)
 
     def crop_batch(
         self,
@@ -297,24 +318,33 @@ class Cropper:
         *,
         subject: Any = None,
         ratio: Any = None,
+        keep: Any = None,
+        avoid: Any = None,
+        protect: Any = None,
+        size: Any = None,
         concurrency: int | None = None,
         progress: bool = False,
         **settings: Any,
-    ) -> list[CropResult | CropperError]:
+    ) -> list[CropResult | RatioCrops | CropperError]:
         """Crop many photos, their rounds moving together; results in the order given.
 
         Every photo's round-k prompts go to the VLM in one call (batched in-process, up to
         ``concurrency`` requests in flight on a server) and every photo's crops are scored
         in one embedder pass. A photo that cannot be cropped gets its
-        :class:`CropperError` in its place; the others are still cropped. ``subject`` and
-        ``ratio`` apply to every photo.
+        :class:`CropperError` in its place; the others are still cropped. ``subject``,
+        ``ratio``, ``keep``, ``avoid``, ``protect`` and ``size`` (as for :meth:`crop`)
+        apply to every photo.
         """
-        results: list[CropResult | CropperError | None] = [None] * len(images)
+        results: list[CropResult | RatioCrops | CropperError | None] = [None] * len(images)
         for i, result in self.crop_stream(
             images,
             task,
             subject=subject,
             ratio=ratio,
+            keep=keep,
+            avoid=avoid,
+            protect=protect,
+            size=size,
             concurrency=concurrency,
             progress=progress,
             **settings,
@@ -329,33 +359,44 @@ class Cropper:
         *,
         subject: Any = None,
         ratio: Any = None,
+        keep: Any = None,
+        avoid: Any = None,
+        protect: Any = None,
+        size: Any = None,
         concurrency: int | None = None,
         progress: bool = False,
         **settings: Any,
-    ) -> Iterator[tuple[int, CropResult | CropperError]]:
+    ) -> Iterator[tuple[int, CropResult | RatioCrops | CropperError]]:
         """:meth:`crop_batch`, yielding ``(position, result)`` as each photo is done.
 
         Photos go through in chunks of ``concurrency`` (default 16) so a folder of
         thousands is never all in memory, and results can be saved as they come.
         """
         cfg = self.config.replace(**settings) if settings else self.config
-        check_request(task, subject=subject, ratio=ratio)  # a bad request fails before any work
+        # A bad request fails before any work.
+        request = make_request(
+            task, subject=subject, ratio=ratio, keep=keep, avoid=avoid, protect=protect, size=size
+        )
+        if request.protect:
+            check_face_detector()  # a missing extra, too
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise ConfigError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
-        size = concurrency or DEFAULT_CHUNK
+        chunk = concurrency or DEFAULT_CHUNK
         # A backend whose calls overlap (a server) gets two chunks at once: one is served
         # while the other's next round is prepared. In-process engines compute in the
         # calling thread: one at a time.
         overlaps = self.vlm is not None and self.vlm.overlaps_calls
         lanes = 2 if overlaps and len(images) > 1 else 1
-        chunks = chunk_photos(images, size, PIXELS_IN_FLIGHT // lanes)
+        chunks = chunk_photos(images, chunk, PIXELS_IN_FLIGHT // lanes)
         # The batch's bound goes with each VLM call; the backend's own is left as it is.
         server = self._server.bounded(concurrency)
 
-        def run(positions: list[int]) -> Iterator[tuple[int, CropResult | CropperError]]:
+        def run(
+            positions: list[int],
+        ) -> Iterator[tuple[int, CropResult | RatioCrops | CropperError]]:
             if self._no_vlm is not None:
-                return self._crop_each_without_vlm(images, positions, task, subject, ratio, cfg)
-            steps = {i: self._steps(images[i], task, subject, ratio, cfg) for i in positions}
+                return self._crop_each_without_vlm(images, positions, request, cfg)
+            steps = {i: self._steps(images[i], request, cfg) for i in positions}
             return drive_many(steps, server)
 
         with _progress_bar(len(images), progress) as bar:
@@ -367,60 +408,129 @@ class Cropper:
         self,
         images: Sequence[ImageInput],
         positions: list[int],
-        task: str,
-        subject: Any,
-        ratio: Any,
+        request: CropRequest,
         cfg: CropConfig,
-    ) -> Iterator[tuple[int, CropResult | CropperError]]:
+    ) -> Iterator[tuple[int, CropResult | RatioCrops | CropperError]]:
         assert self._no_vlm is not None
         for i in positions:
             try:
-                yield i, self._crop_without_vlm(images[i], task, subject, ratio, cfg)
+                yield i, self._crop_without_vlm(images[i], request, cfg)
             except CropperError as exc:
                 yield i, exc
 
     def _crop_without_vlm(
-        self, image: ImageInput, task: str, subject: Any, ratio: Any, cfg: CropConfig
-    ) -> CropResult:
+        self, image: ImageInput, request: CropRequest, cfg: CropConfig
+    ) -> CropResult | RatioCrops:
+        """Each ratio's crop by the baseline; the photo is loaded and its faces found once."""
         assert self._no_vlm is not None
-        result = self._no_vlm.crop(
-            image,
-            task,
-            subject=subject,
-            ratio=ratio,
-            allow_urls=cfg.allow_urls,
-            min_side=cfg.min_side,
-        )
-        return _with_top(result, cfg)
+        photo = load_image(image, allow_urls=cfg.allow_urls)
+        faces = self._find_faces(photo, request)
+        results = {}
+        saliency = None  # for the focus of a crop without a subject, made once
+        for ratio_ in request.ratios or (None,):
+            result = self._no_vlm.crop(
+                photo,
+                request.task,
+                subject=request.subject,
+                ratio=ratio_,
+                min_side=cfg.min_side,
+                keep=request.keep,
+                avoid=request.avoid,
+                faces=faces or (),
+            )
+            result = dataclasses.replace(_with_top(result, cfg), source=_name(image) or None)
+            if result.subject is None and saliency is None:
+                saliency = saliency_map(photo)
+            results[ratio_.text if ratio_ else ""] = self._finish(result, request, faces, saliency)
+        return self._gathered(results, request, _name(image))
 
-    def _steps(
-        self, image: ImageInput, task: str, subject: Any, ratio: Any, cfg: CropConfig
-    ) -> Steps:
+    def _gathered(
+        self, results: dict[str, CropResult], request: CropRequest, name: str
+    ) -> CropResult | RatioCrops:
+        """One result, or one a ratio when ratios were listed."""
+        if not request.several:
+            return next(iter(results.values()))
+        first = next(iter(results.values()))
+        shared = tuple(n for n in first.notes if all(n in r.notes for r in results.values()))
+        return RatioCrops(results, source=name or None, notes=shared)
+
+    def _find_faces(self, photo: Any, request: CropRequest) -> tuple[Box, ...] | None:
+        """The photo's faces, largest first, when the request protects them."""
+        if "faces" not in request.protect:
+            return None
+        from cropper.scoring.faces import detect_faces
+
+        return tuple(face.box for face in detect_faces(photo))
+
+    def _finish(
+        self,
+        result: CropResult,
+        request: CropRequest,
+        faces: tuple[Box, ...] | None,
+        saliency: Any = None,
+    ) -> CropResult:
+        """The result with what the request adds: focus, faces, regions, output size."""
+        notes = list(result.notes)
+        if faces is not None:
+            found = ", ".join(str(f) for f in faces) or "none"
+            notes.append(f"faces protected: {len(faces)} found ({found})")
+        output_size = None
+        if request.size is not None:
+            left, top, right, bottom = result.pixels
+            output_size = request.size.for_crop((right - left, bottom - top))
+            if output_size[0] > right - left or output_size[1] > bottom - top:
+                notes.append(
+                    f"the {right - left}x{bottom - top} px crop is upscaled to "
+                    f"{output_size[0]}x{output_size[1]} for size {request.size}"
+                )
+        if result.subject is None and saliency is None:
+            saliency = saliency_map(result.photo)
+        focus = focus_point(
+            result.box, subject=result.subject, faces=faces or (), saliency=saliency
+        )
+        return dataclasses.replace(
+            result,
+            notes=tuple(notes),
+            focus=focus,
+            faces=faces,
+            keep=request.keep,
+            avoid=request.avoid,
+            output_size=output_size,
+        )
+
+    def _steps(self, image: ImageInput, request: CropRequest, cfg: CropConfig) -> Steps:
         """One photo's loop; it yields what it needs from the models (see cropper.agent.batching).
 
         An error that ends it carries what was done so far as ``partial``, for debugging.
         """
-        task, ratio_ = check_request(task, subject=subject, ratio=ratio)
         trace: list[Round] = []
         loaded: list[Any] = []  # the photo, once loaded
         try:
-            return (yield from self._crop_steps(image, task, subject, ratio_, cfg, trace, loaded))
+            return (yield from self._crop_steps(image, request, cfg, trace, loaded))
         except CropperError as exc:
             exc.partial = PartialCrop(
-                _name(image) or None, task, loaded[0] if loaded else None, tuple(trace), str(exc)
+                _name(image) or None,
+                request.task,
+                loaded[0] if loaded else None,
+                tuple(trace),
+                str(exc),
             )
             raise
 
     def _crop_steps(
         self,
         image: ImageInput,
-        task: str,
-        subject: Any,
-        ratio_: Ratio | None,
+        request: CropRequest,
         cfg: CropConfig,
         trace: list[Round],
         loaded: list[Any],
     ) -> Steps:
+        """Load, ground, find faces, embed and retrieve once; then each ratio's rounds.
+
+        Several ratios run in lockstep (:func:`cropper.agent.batching.together`): their
+        round-k prompts go to the VLM in one call, their crops to one scoring pass.
+        """
+        task = request.task
         photo = load_image(image, allow_urls=cfg.allow_urls)
         loaded.append(photo)
         budget = budget_from_spec(cfg.pixel_budget)
@@ -434,14 +544,59 @@ class Cropper:
                 f"sent stretched across to {query.size[0]}x{query.size[1]} (boxes are relative, "
                 "so they map back exactly)"
             )
-
         subject_ = None
         if task == "subject":
-            subject_ = yield from self._find_subject(subject, photo, query, cfg, trace)
+            subject_ = yield from self._find_subject(request.subject, photo, query, cfg, trace)
             if subject_.source == "fallback":
                 fallbacks.append(
                     "the photo's centre as the subject, as the VLM gave no subject box"
                 )
+        faces = self._find_faces(photo, request)
+        embedding = yield from self._embed(photo, task)
+        ratios: tuple[Ratio | None, ...] = request.ratios or (None,)
+        exemplars, itself = self._retrieve(embedding, task, subject_, ratios, cfg, _name(image))
+        if itself:
+            notes.append(
+                f"the photo itself is in the exemplar bank ({itself[0]}): left out of its own "
+                "exemplars"
+            )
+        scoring = self.scorer.scoring_note(task)
+        if scoring:
+            notes.append(scoring)
+        shared = _Shared(photo, query, subject_, embedding, faces or (), notes, fallbacks, image)
+        if len(ratios) == 1:
+            results = [
+                (yield from self._ratio_steps(shared, request, ratios[0], exemplars[0], cfg, trace))
+            ]
+        else:
+            runs = [
+                _named(
+                    self._ratio_steps(shared, request, ratio_, found, cfg, list(trace)),
+                    ratio_.text if ratio_ else "",
+                )
+                for ratio_, found in zip(ratios, exemplars, strict=True)
+            ]
+            results = yield from together(runs)
+        saliency = saliency_map(photo) if subject_ is None else None  # for focus, once
+        finished = {
+            (ratio_.text if ratio_ else ""): self._finish(result, request, faces, saliency)
+            for ratio_, result in zip(ratios, results, strict=True)
+        }
+        return self._gathered(finished, request, _name(image))
+
+    def _ratio_steps(
+        self,
+        shared: _Shared,
+        request: CropRequest,
+        ratio_: Ratio | None,
+        exemplars: list[PromptExemplar],
+        cfg: CropConfig,
+        trace: list[Round],
+    ) -> Steps:
+        """The rounds of one request (one ratio of several): propose, score, refine, select."""
+        task, photo, query, subject_ = request.task, shared.photo, shared.query, shared.subject
+        image, embedding = shared.image, shared.embedding
+        notes, fallbacks = list(shared.notes), list(shared.fallbacks)
         composition = None
         if cfg.compose:
             composition = yield from self._choose_composition(
@@ -449,20 +604,15 @@ class Cropper:
             )
             if composition is None:
                 fallbacks.append("no composition rule, as the VLM named no known composition")
-        embedding = yield from self._embed(photo, task)
-        exemplars, itself = self._retrieve(embedding, task, subject_, ratio_, cfg, _name(image))
-        if itself:
-            notes.append(
-                f"the photo itself is in the exemplar bank ({itself[0]}): left out of its own "
-                "exemplars"
-            )
         constraints = Constraints(
-            photo.size, cfg.min_side, subject_, ratio_.value if ratio_ else None
+            photo.size,
+            cfg.min_side,
+            subject_,
+            ratio_.value if ratio_ else None,
+            keep=request.keep,
+            faces=shared.faces,
         )
-        scoring = self.scorer.scoring_note(task)
-        if scoring:
-            notes.append(scoring)
-
+        constraints.check_keep()
         variables = dict(
             query=query,
             exemplars=exemplars,
@@ -470,6 +620,8 @@ class Cropper:
             ratio=ratio_,
             n_crops=cfg.crops,
             composition=composition,
+            keep=request.keep,
+            avoid=request.avoid,
         )
         all_candidates: list[Candidate] = []
         feedback: list[Candidate] = []
@@ -492,7 +644,7 @@ class Cropper:
             boxes, repairs, source = list(proposal.boxes), list(proposal.repairs), "vlm"
             round_notes = list(proposal.notes)
             if not boxes:
-                boxes, what, earlier = self._fallback(all_candidates, photo.size, ratio_)
+                boxes, what, earlier = self._fallback(all_candidates, constraints, ratio_)
                 repairs, source = [""] * len(boxes), "fallback"
                 if earlier is not None and earlier.source == "fallback":
                     # What stood in before stands in again: keep its first reason.
@@ -502,10 +654,7 @@ class Cropper:
                 fell_back[index] = why
                 round_notes.append(f"fell back to {why}")
             scores = yield Score(photo, boxes, task, embedding)
-            round_candidates = tuple(
-                Candidate(b, s.total, dict(s.terms), index, source, repair)
-                for b, s, repair in zip(boxes, scores, repairs, strict=True)
-            )
+            round_candidates = _candidates(boxes, scores, repairs, index, source, request.avoid)
             trace.append(
                 Round(
                     index,
@@ -565,21 +714,22 @@ class Cropper:
         embedding: np.ndarray | None,
         task: str,
         subject: Subject | None,
-        ratio: Ratio | None,
+        ratios: Sequence[Ratio | None],
         cfg: CropConfig,
         query: str = "",
-    ) -> tuple[list[PromptExemplar], list[str]]:
+    ) -> tuple[list[list[PromptExemplar]], list[str]]:
+        """Each ratio's exemplars from one search of the bank, and the photo's own copies."""
         if self._exemplars is None or embedding is None:
-            return [], []
-        return self._exemplars.retrieve(
+            return [[] for _ in ratios], []
+        return self._exemplars.retrieve_each(
             embedding,
             task,
+            ratios,
             count=cfg.exemplars,
             crops_per_exemplar=cfg.exemplar_crops,
             side=cfg.exemplar_side,
             budget=budget_from_spec(cfg.pixel_budget),
             subject=subject,
-            ratio=ratio,
             query=query if query and not is_url(query) else None,
         )
 
@@ -651,17 +801,20 @@ class Cropper:
 
     @staticmethod
     def _fallback(
-        earlier: list[Candidate], size: tuple[int, int], ratio: Ratio | None
+        earlier: list[Candidate], constraints: Constraints, ratio: Ratio | None
     ) -> tuple[list[Box], str, Candidate | None]:
-        """What stands in for a round's boxes, in words, and the earlier candidate it is."""
+        """What stands in for a round's boxes, in words, and the earlier candidate it is.
+
+        It satisfies the request as any crop does: keep regions held, no face cut.
+        """
         if ratio is not None:
-            box = fit_aspect(Box.whole(), ratio.value, size)
+            box = constraints.repair(fit_aspect(Box.whole(), ratio.value, constraints.size)).box
             same = next((c for c in earlier if c.box == box and c.source == "fallback"), None)
             return [box], "the largest centred crop", same
         if earlier:
             best = max(earlier, key=lambda c: c.score)
             return [best.box], "the best earlier candidate", best
-        return [Box.whole()], "the whole photo", None
+        return [constraints.repair(Box.whole()).box], "the whole photo", None
 
     def _feedback(
         self, photo: Any, candidates: list[Candidate], cfg: CropConfig
@@ -746,9 +899,7 @@ class Cropper:
         self.close()
 
 
-def chunk_photos(
-    images: Sequence[ImageInput], size: int, max_pixels: int
-) -> Iterator[list[int]]:
+def chunk_photos(images: Sequence[ImageInput], size: int, max_pixels: int) -> Iterator[list[int]]:
     """Positions of ``images`` in chunks of at most ``size`` photos and ``max_pixels`` pixels.
 
     A photo larger than ``max_pixels`` goes alone. Sizes are read from file headers as the
@@ -817,6 +968,61 @@ class Proposal:
     notes: list[str]
     dropped: tuple[str, ...]
     why: str = ""  # when there is no box: why, and what to do
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What a photo's requests share, found once: photo, subject, faces, embedding."""
+
+    photo: Any
+    query: PromptPhoto
+    subject: Subject | None
+    embedding: np.ndarray | None
+    faces: tuple[Box, ...]
+    notes: list[str]
+    fallbacks: list[str]
+    image: ImageInput
+
+
+def _named(steps: Steps, ratio: str) -> Steps:
+    """``steps``, with an error that ends them naming the ratio they were for."""
+    try:
+        return (yield from steps)
+    except CropperError as exc:
+        exc.args = (f"ratio {ratio}: {exc}", *exc.args[1:])
+        raise
+
+
+def _candidates(
+    boxes: Sequence[Box],
+    scores: Sequence[Any],
+    repairs: Sequence[str],
+    index: int,
+    source: str,
+    avoid: Sequence[Box],
+) -> tuple[Candidate, ...]:
+    """A round's candidates; with regions to avoid, the share held is taken off the score."""
+    held = avoid_shares(boxes, avoid)
+    return tuple(
+        Candidate(
+            b,
+            s.total - float(share) if avoid else s.total,
+            {**s.terms, "avoid": round(float(share), 6)} if avoid else dict(s.terms),
+            index,
+            source,
+            repair,
+        )
+        for b, s, repair, share in zip(boxes, scores, repairs, held, strict=True)
+    )
+
+
+def check_face_detector() -> None:
+    """Fail at once, in one line, when faces are protected but the detector is missing."""
+    from PIL import Image
+
+    from cropper.scoring.faces import detect_faces
+
+    detect_faces(Image.new("RGB", (32, 32)))
 
 
 def _json_start(text: str) -> bool:

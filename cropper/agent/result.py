@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,13 @@ class CropResult:
     # Everything a user should know about how this crop came about: fallbacks, repaired and
     # dropped proposals, the score terms used, why the chosen crop is not the best scored.
     notes: tuple[str, ...] = ()
+    # Normalized (x, y) of the photo where the crop's interest lies (cropper.agent.focus).
+    focus: tuple[float, float] | None = None
+    # The faces found when faces were protected (largest first); None: not looked for.
+    faces: tuple[Box, ...] | None = None
+    keep: tuple[Box, ...] = ()  # the regions the request kept
+    avoid: tuple[Box, ...] = ()  # the regions it avoided
+    output_size: Size | None = None  # the (w, h) :attr:`image` is resized to; None: as cut
 
     @property
     def size(self) -> Size:
@@ -86,8 +93,13 @@ class CropResult:
 
     @property
     def image(self) -> Image.Image:
-        """The cropped photo."""
-        return self.photo.crop(self.pixels)
+        """The cropped photo, at :attr:`output_size` when the request gave a size.
+
+        Resized in one step from the photo's own pixels, with Lanczos resampling.
+        """
+        if self.output_size is None:
+            return self.photo.crop(self.pixels)
+        return self.photo.resize(self.output_size, Image.Resampling.LANCZOS, box=self.pixels)
 
     def draw(
         self,
@@ -142,6 +154,12 @@ class CropResult:
             ]
         if self.composition:
             summary["composition"] = self.composition
+        if self.focus is not None:
+            summary["focus"] = list(self.focus)
+        if self.faces is not None:
+            summary["faces"] = [list(f.to_pixels(self.size)) for f in self.faces]
+        if self.output_size is not None:
+            summary["size"] = list(self.output_size)
         summary["fallback"] = self.fallback
         summary["notes"] = list(self.notes)
         return summary
@@ -150,6 +168,107 @@ class CropResult:
     def top_images(self) -> list[Image.Image]:
         """The crops of :attr:`top`, best first."""
         return [self.photo.crop(c.box.to_pixels(self.size)) for c in self.top]
+
+
+@dataclass(frozen=True)
+class RatioCrops(Mapping[str, CropResult]):
+    """One crop per requested ratio, keyed by the ratio as written: ``r["4:5"].box``.
+
+    What the ratios share (the photo, the subject, the faces) is found once; each ratio's
+    :class:`CropResult` has its own rounds. ``fallback`` and ``notes`` gather theirs, each
+    named by its ratio.
+    """
+
+    crops: dict[str, CropResult]
+    source: str | None = None
+    notes: tuple[str, ...] = ()  # the photo's own, beside each ratio's
+
+    def __getitem__(self, ratio: str) -> CropResult:
+        try:
+            return self.crops[ratio]
+        except KeyError:
+            raise KeyError(
+                f"no crop of ratio {ratio!r}: the ratios are {', '.join(self.crops)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.crops)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @property
+    def task(self) -> str:
+        return "aspect"
+
+    @property
+    def photo(self) -> Image.Image:
+        return next(iter(self.crops.values())).photo
+
+    @property
+    def size(self) -> Size:
+        return self.photo.size
+
+    @property
+    def faces(self) -> tuple[Box, ...] | None:
+        return next(iter(self.crops.values())).faces
+
+    @property
+    def fallback(self) -> str | None:
+        """Each ratio's fallback, named by its ratio; None when none fell back."""
+        said = [f"{text}: {r.fallback}" for text, r in self.crops.items() if r.fallback]
+        return "; ".join(said) or None
+
+    def to_json(self, top: bool | None = None) -> dict[str, Any]:
+        """The summary a command line writes: ``ratios`` holds each ratio's crop and score.
+
+        ``{"image", "task", "ratios": {"1:1": {"box": [l, t, r, b], "score": s, "focus":
+        [x, y]}, ...}, "fallback", "notes"}``; each ratio's notes are named by it.
+        """
+        ratios = {}
+        for text, result in self.crops.items():
+            one = result.to_json(top=top)
+            ratios[text] = {
+                k: v
+                for k, v in one.items()
+                if k not in ("image", "task", "fallback", "notes", "faces")
+            }
+        summary: dict[str, Any] = {"image": self.source, "task": self.task, "ratios": ratios}
+        if self.faces is not None:
+            summary["faces"] = [list(f.to_pixels(self.size)) for f in self.faces]
+        summary["fallback"] = self.fallback
+        summary["notes"] = list(self.notes) + [
+            f"{text}: {note}"
+            for text, result in self.crops.items()
+            for note in result.notes
+            if note not in self.notes
+        ]
+        return summary
+
+    def draw(self, *, labels: bool = True, max_side: int | None = 1024) -> Image.Image:
+        """The photo with each ratio's crop outlined and labelled, faces and focus marked."""
+        from cropper.views.drawing import draw_ratio_crops
+
+        return draw_ratio_crops(self, labels=labels, max_side=max_side)
+
+    def write_debug(self, folder: str | Path, images: str | Path | None = None) -> Path:
+        """Each ratio's debug folder (see :meth:`CropResult.write_debug`) under ``folder``."""
+        root = Path(folder)
+        for text, result in self.crops.items():
+            result.write_debug(root / ("ratio-" + ratio_file_tag(text)), images=images)
+        return root
+
+    def _repr_html_(self) -> str:
+        return "".join(
+            f"<h3>ratio {text}</h3>{result._repr_html_()}" for text, result in self.crops.items()
+        )
+
+
+def ratio_file_tag(text: str) -> str:
+    """A ratio as written (``"16:9"``) as it goes in a file name (``16x9``)."""
+    import re
+
+    return re.sub(r"[^0-9A-Za-z.]+", "x", text.strip()).strip("x") or "ratio"
 
 
 @dataclass(frozen=True)

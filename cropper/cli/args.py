@@ -37,6 +37,7 @@ positive_int = _number("positive_int", int, lambda n: n >= 1, "a whole number >=
 non_negative_int = _number("non_negative_int", int, lambda n: n >= 0, "a whole number >= 0")
 positive_float = _number("positive_float", float, lambda n: 0 < n < float("inf"), "a number > 0")
 share = _number("share", float, lambda n: 0 <= n <= 1, "a number from 0 to 1")
+jpeg_quality = _number("jpeg_quality", int, lambda n: 1 <= n <= 100, "a whole number from 1 to 100")
 
 
 def add_group(commands: Any, name: str, help: str, description: str) -> Any:

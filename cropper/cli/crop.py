@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from cropper.agent.components import DEFAULT
 from cropper.cli.args import (
     DEMO_NOTE,
     cropper_from_args,
+    jpeg_quality,
     non_negative_int,
     none_or,
     positive_float,
@@ -59,7 +61,46 @@ def add_crop_command(commands: Any) -> None:
         choices=TASKS,
         help="the cropping task (default: aspect with --ratio, subject with --subject, else free)",
     )
-    crop.add_argument("--ratio", help="aspect ratio (implies --task aspect), e.g. 16:9")
+    crop.add_argument(
+        "--ratio",
+        help="aspect ratio (implies --task aspect), e.g. 16:9; several, comma-separated "
+        "(1:1,4:5,16:9), save a crop each as NAME.1x1.jpg ... and JSON lines gain 'ratios'",
+    )
+    crop.add_argument(
+        "--size",
+        help="resize each saved crop to this long side (1080) or exact size (1080x1350, which "
+        "implies its ratio), with Lanczos resampling",
+    )
+    crop.add_argument(
+        "--keep",
+        action="append",
+        metavar="X0,Y0,X1,Y1",
+        help="a region (0-1) every crop must hold whole; repeat for several",
+    )
+    crop.add_argument(
+        "--avoid",
+        action="append",
+        metavar="X0,Y0,X1,Y1",
+        help="a region (0-1) crops should leave out (scored lower by the share they hold); "
+        "repeat for several",
+    )
+    crop.add_argument(
+        "--protect",
+        choices=("faces",),
+        help="faces: no crop cuts through a face, and the largest is kept whenever the ratio "
+        "allows (needs pip install 'cropper[faces]')",
+    )
+    crop.add_argument(
+        "--quality",
+        type=jpeg_quality,
+        default=95,
+        help="JPEG (and WebP) quality of the saved crops, 1-100 (default 95)",
+    )
+    crop.add_argument(
+        "--keep-gps",
+        action="store_true",
+        help="keep the photo's GPS position in the saved crops' EXIF (dropped by default)",
+    )
     crop.add_argument(
         "--subject",
         help="a point x,y or box x0,y0,x1,y1 (0-1), a mask file, or a phrase ('the red kite') "
@@ -241,12 +282,32 @@ def add_crop_command(commands: Any) -> None:
 
 
 def run_crop(args: argparse.Namespace) -> int:
-    from cropper.cli.inputs import expand_inputs, output_paths, top_paths, writes_a_folder
+    from cropper.agent.request import make_request
+    from cropper.agent.result import ratio_file_tag
+    from cropper.cli.inputs import (
+        expand_inputs,
+        output_paths,
+        ratio_path,
+        top_paths,
+        writes_a_folder,
+    )
 
     task = crop_task(args.task, ratio=args.ratio, subject=args.subject)
+    request = make_request(
+        task,
+        subject=args.subject if task == "subject" else None,
+        ratio=_ratios(args.ratio) if task == "aspect" else None,
+        keep=args.keep,
+        avoid=args.avoid,
+        protect=args.protect,
+        size=args.size,
+    )
+    task = request.task  # an exact --size implies aspect
+    tags = [ratio_file_tag(r.text) for r in request.ratios] if request.several else []
     inputs = _not_ours(expand_inputs(args.images), args.out, args.debug_dir)
     top_k = args.top_k or 1
-    outputs = output_paths(inputs, args.out, top_k=top_k)  # every output checked before work
+    # Every output checked before work.
+    outputs = output_paths(inputs, args.out, top_k=top_k, ratio_tags=tags)
     folder = Path(args.out) if writes_a_folder(inputs, args.out, outputs) else None
     log_path = folder / RESULTS if folder is not None else None
     failures: list[str] = []
@@ -261,7 +322,7 @@ def run_crop(args: argparse.Namespace) -> int:
             _check_writable(outputs[0].parent, "-o")
         if args.debug_dir:
             _check_writable(Path(args.debug_dir), "--debug-dir")
-        todo = _not_done(inputs, outputs, None if args.redo else log_path)
+        todo = _not_done(inputs, outputs, None if args.redo else log_path, tags)
         if len(todo) < len(inputs):
             done = len(inputs) - len(todo)
             print(f"cropper: {done} photos already done in {log_path}", file=sys.stderr)
@@ -272,12 +333,17 @@ def run_crop(args: argparse.Namespace) -> int:
         results_log = stack.enter_context(JsonLines(log_path)) if log_path else None
         stream = cropper.crop_stream(
             [inputs[i].path for i in todo],
-            task=task,
-            subject=args.subject if task == "subject" else None,
-            ratio=args.ratio if task == "aspect" else None,
+            task=request.task,
+            subject=request.subject,
+            ratio=[r for r in request.ratios] if request.several else request.ratio,
+            keep=request.keep,
+            avoid=request.avoid,
+            protect=request.protect,
+            size=request.size,
             concurrency=args.concurrency,
             progress=len(todo) > 1,
         )
+        save = functools.partial(_save, quality=args.quality, keep_gps=args.keep_gps)
         for position, result in stream:
             index = todo[position]
             item, out = inputs[index], outputs[index]
@@ -288,10 +354,16 @@ def run_crop(args: argparse.Namespace) -> int:
                         _write_debug(result.partial, Path(args.debug_dir), item.name)
                     raise result
                 if out is not None:
-                    # Fewer diverse crops than --top-k asks for may come back: zip, not strict.
-                    tops = zip(top_paths(out, top_k), result.top_images[1:], strict=False)
-                    for path, crop in [*tops, (out, result.image)]:  # the crop last: done
-                        _save(crop, path)
+                    crops = (
+                        [(ratio_path(out, ratio_file_tag(t)), r) for t, r in result.items()]
+                        if request.several
+                        else [(out, result)]
+                    )
+                    for path, one in crops:
+                        # Fewer diverse crops than --top-k asks for may come back: not strict.
+                        tops = zip(top_paths(path, top_k), one.top_images[1:], strict=False)
+                        for where, crop in [*tops, (path, one.image)]:  # the crop last: done
+                            save(crop, where)
                 if args.debug_dir:
                     _write_debug(result, Path(args.debug_dir), item.name)
             except StopRun:
@@ -315,10 +387,7 @@ def run_crop(args: argparse.Namespace) -> int:
             if args.json:
                 write_line(json.dumps(summary), sys.stdout)
             else:
-                where = f" -> {out}" if out else ""
-                fell = " (fell back; see the warning)" if result.fallback else ""
-                line = f"{image}: box {summary['box']} score {result.score:.4f}{where}{fell}"
-                write_line(line, sys.stdout)
+                write_line(_result_line(image, summary, out, tags), sys.stdout)
     if fallbacks:
         print(_summary("fell back", fallbacks, len(todo)), file=sys.stderr)
     if failures:
@@ -326,6 +395,31 @@ def run_crop(args: argparse.Namespace) -> int:
     if fallbacks and args.strict and not failures:
         print("cropper: --strict: exit 1, as photos fell back", file=sys.stderr)
     return 1 if failures or (fallbacks and args.strict) else 0
+
+
+def _ratios(text: str | None) -> Any:
+    """``--ratio``: one ratio, or a list of them when comma-separated."""
+    if text is None or "," not in text:
+        return text
+    listed = [part.strip() for part in text.split(",")]
+    if not all(listed):
+        raise ConfigError(f"--ratio {text}: an empty ratio in the list; write e.g. 1:1,4:5,16:9")
+    return listed
+
+
+def _result_line(image: str, summary: dict[str, Any], out: Path | None, tags: list[str]) -> str:
+    """The line a photo's crop gets on the terminal."""
+    from cropper.cli.inputs import ratio_path
+
+    fell = " (fell back; see the warning)" if summary["fallback"] else ""
+    if "ratios" not in summary:
+        where = f" -> {out}" if out else ""
+        return f"{image}: box {summary['box']} score {summary['score']:.4f}{where}{fell}"
+    parts = []
+    for (text, crop), tag in zip(summary["ratios"].items(), tags, strict=True):
+        where = f" -> {ratio_path(out, tag)}" if out else ""
+        parts.append(f"{text} box {crop['box']} score {crop['score']:.4f}{where}")
+    return f"{image}: {'; '.join(parts)}{fell}"
 
 
 def _not_ours(inputs: list[Any], *folders: str | None) -> list[Any]:
@@ -375,9 +469,9 @@ class StopRun(ConfigError):
     """A failure every photo of the run would meet (a full disk): the run stops at once."""
 
 
-def _save(image: Any, path: Path) -> None:
+def _save(image: Any, path: Path, *, quality: int = 95, keep_gps: bool = False) -> None:
     try:
-        save_image(image, path)
+        save_image(image, path, quality=quality, keep_gps=keep_gps)
     except OSError as exc:
         raise _write_error(exc, path) from None
 
@@ -422,6 +516,12 @@ def crop_task(task: str | None, *, ratio: Any = None, subject: Any = None) -> st
 #: The flags whose values make the crops, as recorded in an output folder's settings.json.
 _SETTING_FLAGS = (
     "ratio",
+    "size",
+    "keep",
+    "avoid",
+    "protect",
+    "quality",
+    "keep_gps",
     "subject",
     "vlm",
     "model",
@@ -530,32 +630,46 @@ def _write_debug(result: Any, debug_dir: Path, name: str) -> None:
 
     ``result`` is a CropResult, or the PartialCrop of a photo that failed.
     """
+    from cropper.agent.result import RatioCrops
     from cropper.views.debug import write_debug
 
     try:
         # The name with its suffix: x.jpg and x.png get folders of their own.
-        write_debug(result, debug_dir / name, images=debug_dir / "prompt-images")
+        if isinstance(result, RatioCrops):  # a folder a ratio inside
+            result.write_debug(debug_dir / name, images=debug_dir / "prompt-images")
+        else:
+            write_debug(result, debug_dir / name, images=debug_dir / "prompt-images")
     except OSError as exc:
         raise CropperError(f"cannot write the debug folder in {debug_dir} ({exc})") from None
 
 
-def _not_done(inputs: Sequence[Any], outputs: Sequence[Path | None], log: Path | None) -> list[int]:
-    """Positions of the photos still to crop: those with no line in ``log`` and crop file.
+def _not_done(
+    inputs: Sequence[Any],
+    outputs: Sequence[Path | None],
+    log: Path | None,
+    ratio_tags: Sequence[str] = (),
+) -> list[int]:
+    """Positions of the photos still to crop: those with no line in ``log`` and crop files.
 
     A photo is known by its name under the input folder (``photos/a.jpg`` and
     ``/abs/photos/a.jpg`` are the same photo), or, in lines of older runs, by its path.
+    With several ratios, every ratio's crop file must be there.
     """
+    from cropper.cli.inputs import ratio_path
+
     if log is None:
         return list(range(len(inputs)))
+
+    def saved(out: Path | None) -> bool:
+        if out is None:
+            return False
+        return all(p.exists() for p in ([ratio_path(out, t) for t in ratio_tags] or [out]))
+
     lines = read_json_lines(log)
     names = {r["name"] for r in lines if isinstance(r.get("name"), str)}
     paths = {str(r.get("image")) for r in lines if not isinstance(r.get("name"), str)}
     return [
         i
         for i, (item, out) in enumerate(zip(inputs, outputs, strict=True))
-        if not (
-            (item.name in names or _shown(item.path) in paths) and out is not None and out.exists()
-        )
+        if not ((item.name in names or _shown(item.path) in paths) and saved(out))
     ]
-
-

@@ -106,13 +106,14 @@ def _is_photo(path: Path) -> bool:
 
 
 def output_paths(
-    inputs: Sequence[Input], out: str | None, *, top_k: int = 1
+    inputs: Sequence[Input], out: str | None, *, top_k: int = 1, ratio_tags: Sequence[str] = ()
 ) -> list[Path | None]:
     """Where each crop goes: ``out`` itself for one photo, else ``out/<name>``.
 
     Checked before any work: every file the run would write (each crop, and with
-    ``top_k`` its ``NAME.top2.jpg`` ... beside it) has an image suffix, overwrites no
-    input photo, and is written by one photo only.
+    ``top_k`` its ``NAME.top2.jpg`` ... beside it; with several ratios, each ratio's
+    ``NAME.1x1.jpg`` and its extras instead) has an image suffix, overwrites no input
+    photo, and is written by one photo only.
     """
     if out is None:
         return [None] * len(inputs)
@@ -148,7 +149,7 @@ def output_paths(
         )
     written: dict[str, str] = {}  # every file the run writes: which photo writes it
     for item, path in zip(inputs, paths, strict=True):
-        for extra in [path, *top_paths(path, top_k)]:
+        for extra in crop_paths(path, top_k, ratio_tags):
             real = os.path.realpath(extra)
             if real in written:
                 raise ConfigError(
@@ -171,6 +172,17 @@ def _saveable() -> set[str]:
     from PIL import Image
 
     return {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
+def ratio_path(path: Path, tag: str) -> Path:
+    """Where the crop of one ratio of several goes: ``NAME.1x1.jpg`` for ``NAME.jpg``."""
+    return path.with_name(f"{path.stem}.{tag}{path.suffix}")
+
+
+def crop_paths(path: Path, top_k: int, ratio_tags: Sequence[str] = ()) -> list[Path]:
+    """Every file a photo cropped to ``path`` writes: its crops, each with its top-k extras."""
+    crops = [ratio_path(path, tag) for tag in ratio_tags] or [path]
+    return [p for crop in crops for p in (crop, *top_paths(crop, top_k))]
 
 
 def top_paths(path: Path, top_k: int) -> list[Path]:

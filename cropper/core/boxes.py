@@ -241,17 +241,13 @@ def dedupe(values: np.ndarray, iou_threshold: float = 0.98) -> np.ndarray:
     return arr[keep]
 
 
-def fit_aspect(box: Box, ratio: float, size: Size) -> Box:
-    """The box of pixel ratio ``ratio`` (w/h, within 1 px) inside the image, closest to ``box``.
+def _sizes_of_ratio(ratio: float, size: Size) -> tuple[np.ndarray, np.ndarray]:
+    """Widths and heights of ratio ``ratio`` (within half a pixel) up to the image's sides.
 
-    "Closest" is the highest IoU with ``box`` among every integer size of that ratio,
-    each placed as near the proposal's centre as the image allows.
+    Every integer length of the longer side, each paired with the other side's lengths
+    within half a pixel of the ratio (both of them at an exact .5 tie).
     """
-    if not (math.isfinite(ratio) and ratio > 0):
-        raise ConfigError(f"aspect ratio must be a positive number, got {ratio!r}")
     w_img, h_img = size
-    # Every integer length of the longer side, each paired with the other side's
-    # lengths within half a pixel of the ratio (both of them at an exact .5 tie).
     if ratio >= 1:
         cand_w = np.arange(1, w_img + 1, dtype=np.float64)
         ideal = cand_w / ratio
@@ -262,6 +258,19 @@ def fit_aspect(box: Box, ratio: float, size: Size) -> Box:
         ideal = cand_h * ratio
         cand_h = np.concatenate([cand_h, cand_h])
         cand_w = np.concatenate([np.ceil(ideal - 0.5 - 1e-9), np.floor(ideal + 0.5 + 1e-9)])
+    return cand_w, cand_h
+
+
+def fit_aspect(box: Box, ratio: float, size: Size) -> Box:
+    """The box of pixel ratio ``ratio`` (w/h, within 1 px) inside the image, closest to ``box``.
+
+    "Closest" is the highest IoU with ``box`` among every integer size of that ratio,
+    each placed as near the proposal's centre as the image allows.
+    """
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ConfigError(f"aspect ratio must be a positive number, got {ratio!r}")
+    w_img, h_img = size
+    cand_w, cand_h = _sizes_of_ratio(ratio, size)
     ok = (cand_w >= 1) & (cand_h >= 1) & (cand_w <= w_img) & (cand_h <= h_img)
     cand_w, cand_h = cand_w[ok], cand_h[ok]
     if len(cand_w) == 0:  # a ratio the image cannot hold even at 1 px: the thinnest strip
@@ -277,3 +286,74 @@ def fit_aspect(box: Box, ratio: float, size: Size) -> Box:
     cands = np.stack([left, top, left + cand_w, top + cand_h], axis=1)
     best = int(np.argmax(iou_matrix(cands, np.array([[left_p, top_p, right_p, bottom_p]]))[:, 0]))
     return Box.from_pixels(tuple(cands[best]), size)
+
+
+def fit_box(
+    box: PixelBox,
+    size: Size,
+    *,
+    ratio: float | None = None,
+    hold: PixelBox | None = None,
+    within: PixelBox | None = None,
+    least: tuple[int, int] = (1, 1),
+) -> PixelBox | None:
+    """The pixel box nearest ``box`` that holds ``hold`` and lies ``within``, or ``None``.
+
+    With ``ratio`` (width over height, within 1 px) the box is the one of highest IoU with
+    ``box`` among every integer size of the ratio that is at least ``least`` and can hold
+    ``hold`` inside ``within``, each placed as near ``box``'s centre as those allow.
+    Without, it is ``box`` cut to ``within``, widened to ``hold`` and grown about its centre
+    to ``least``. ``None``: no box of the request fits (``hold`` too large for ``within``
+    at the ratio, or ``within`` under ``least``). Every box is ``(left, top, right,
+    bottom)`` in whole pixels of an image of ``size``.
+    """
+    w_img, h_img = size
+    wx0, wy0, wx1, wy1 = within if within is not None else (0, 0, w_img, h_img)
+    if hold is not None and not (
+        wx0 <= hold[0] and wy0 <= hold[1] and hold[2] <= wx1 and hold[3] <= wy1
+    ):
+        return None
+    if ratio is None:
+        left, top = max(box[0], wx0), max(box[1], wy0)
+        right, bottom = min(box[2], wx1), min(box[3], wy1)
+        if right <= left or bottom <= top:  # nothing of it within: from its centre, clamped
+            cx = min(max((box[0] + box[2]) / 2, wx0), wx1)
+            cy = min(max((box[1] + box[3]) / 2, wy0), wy1)
+            left, right, top, bottom = math.floor(cx), math.ceil(cx), math.floor(cy), math.ceil(cy)
+        if hold is not None:
+            left, top = min(left, hold[0]), min(top, hold[1])
+            right, bottom = max(right, hold[2]), max(bottom, hold[3])
+        spans = []
+        for lo, hi, need, start, end in (
+            (left, right, least[0], wx0, wx1),
+            (top, bottom, least[1], wy0, wy1),
+        ):
+            if end - start < need:
+                return None
+            extra = max(0, need - (hi - lo))
+            lo, hi = lo - extra // 2, hi + extra - extra // 2
+            shift = max(0, start - lo) - max(0, hi - end)
+            spans.append((lo + shift, hi + shift))
+        (left, right), (top, bottom) = spans
+        return float(left), float(top), float(right), float(bottom)
+    cand_w, cand_h = _sizes_of_ratio(ratio, size)
+    hx0, hy0, hx1, hy1 = hold if hold is not None else (wx1, wy1, wx0, wy0)
+    # A box of a size holds ``hold`` inside ``within`` where these ranges of its corner meet.
+    lo_x, hi_x = np.maximum(wx0, hx1 - cand_w), np.minimum(wx1 - cand_w, hx0)
+    lo_y, hi_y = np.maximum(wy0, hy1 - cand_h), np.minimum(wy1 - cand_h, hy0)
+    ok = (
+        (cand_w >= max(1, least[0]))
+        & (cand_h >= max(1, least[1]))
+        & (lo_x <= hi_x)
+        & (lo_y <= hi_y)
+    )
+    if not ok.any():
+        return None
+    cand_w, cand_h = cand_w[ok], cand_h[ok]
+    lo_x, hi_x, lo_y, hi_y = lo_x[ok], hi_x[ok], lo_y[ok], hi_y[ok]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    left = np.clip(np.round(cx - cand_w / 2), np.ceil(lo_x), np.floor(hi_x))
+    top = np.clip(np.round(cy - cand_h / 2), np.ceil(lo_y), np.floor(hi_y))
+    cands = np.stack([left, top, left + cand_w, top + cand_h], axis=1)
+    best = int(np.argmax(iou_matrix(cands, np.array([box], dtype=np.float64))[:, 0]))
+    return tuple(float(v) for v in cands[best])  # type: ignore[return-value]

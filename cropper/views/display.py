@@ -66,6 +66,12 @@ def _summary(result: CropResult) -> str:
         s = result.subject
         where = f"({s.point[0]:.2f}, {s.point[1]:.2f})"
         facts.append(("subject", f"{s.text} at {where}" if s.text else where))
+    if result.focus is not None:
+        facts.append(("focus", f"({result.focus[0]:.2f}, {result.focus[1]:.2f})"))
+    if result.faces is not None:
+        facts.append(("faces protected", f"{len(result.faces)} found"))
+    if result.output_size is not None:
+        facts.append(("output size", f"{result.output_size[0]}x{result.output_size[1]}"))
     facts.append(("candidates", f"{len(result.candidates)} in {len(result.rounds)} rounds"))
     if result.fallback:
         facts.append(("fell back to", result.fallback))

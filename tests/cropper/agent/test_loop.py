@@ -177,6 +177,7 @@ def test_result_exposes_pixels_image_and_json(photo, tmp_path):
         "task": "free",
         "box": [160, 0, 480, 480],
         "score": pytest.approx(result.score, abs=1e-6),
+        "focus": [0.5, 0.5],  # a flat photo: nothing stands out, the crop's centre
         "fallback": None,
         "notes": [
             "scored with area: no embedder, so no aesthetic, content or knowledge term (they "

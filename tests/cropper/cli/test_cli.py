@@ -46,7 +46,7 @@ def test_json_lines_for_several_photos(server, photos, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["image"] for line in lines] == [str(p) for p in photos]
     for line, path in zip(lines, photos, strict=True):
-        assert set(line) == {"image", "name", "task", "box", "score", "fallback", "notes"}
+        assert set(line) == {"image", "name", "task", "box", "score", "focus", "fallback", "notes"}
         assert line["task"] == "subject"
         left, top, right, bottom = line["box"]
         w, h = Image.open(path).size

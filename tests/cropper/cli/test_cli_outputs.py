@@ -19,12 +19,6 @@ from cropper.testing.synthetic import synthetic_photo
 NO_MODELS = ["--clip", "none", "--head", "none", "--index", "none"]
 
 
-@pytest.fixture
-def server():
-    with OpenAICompatibleServer() as srv:
-        yield srv
-
-
 def crop(server, *args) -> int:
     return main(["crop", *map(str, args), "--vlm", server.url, *NO_MODELS])
 
@@ -196,7 +190,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
 def test_a_full_disk_stops_the_run_in_one_line(server, tmp_path, capsys, monkeypatch):
     import cropper.cli.crop
 
-    def full(image, path):
+    def full(image, path, **options):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cropper.cli.crop, "save_image", full)
