@@ -11,7 +11,8 @@ The protocol, since the paper publishes none:
   subject, as a point).
 - ``iou`` and ``bde`` compare the predicted crop with the ground truth in pixels of the
   original photo: against several ground truths (GAICD's crops tied for the highest MOS)
-  the best of them (:func:`cropper.data.metrics.box_metrics`).
+  both from one of them, chosen as the reference code of FCDB and FLMS chooses it
+  (:func:`cropper.data.metrics.box_metrics`).
 - On GAICD the ranking metrics (Acc, wAcc, SRCC, PCC) rank the photo's annotated crops by
   their IoU with the predicted crop, as if that IoU were the predicted score of each: a
   prediction close to the crops people rated highest ranks them first.
