@@ -61,6 +61,22 @@ def gaicd_photo(shared_data: Path) -> Path:
     return photos[0]
 
 
+@pytest.fixture
+def flms_root(shared_data: Path, tmp_path: Path) -> Path:
+    """FLMS as released (``500_image_dataset.mat``, ``image/``): the real format sample.
+
+    The sample is linked, not copied, under the release's file name; ``image/`` is empty
+    (the sample's photos are not at hand): tests put photos of the right size there.
+    """
+    sample = shared_data / "flms" / "flms_format_sample.mat"
+    if not sample.is_file():
+        pytest.skip(f"no FLMS format sample at {sample}")
+    root = tmp_path / "FLMS"
+    (root / "image").mkdir(parents=True)
+    (root / "500_image_dataset.mat").symlink_to(sample)
+    return root
+
+
 @pytest.fixture(scope="session")
 def real_gaicd_photos() -> list[Path]:
     """The real GAICD photos of ../shared/data, or none: for tests that run either way."""

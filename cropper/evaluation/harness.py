@@ -6,9 +6,12 @@ folder skips the photos already there. A line torn by a kill is dropped on resta
 
 The protocol, since the paper publishes none:
 
-- Each photo is cropped once with the dataset's task: GAICD free-form, FCDB aspect-ratio
-  (the ratio of its ground-truth crop), SACD subject-aware (the centre of the annotated
-  subject, as a point).
+- Each photo is cropped once with the dataset's task: GAICD and FLMS free-form, FCDB
+  aspect-ratio (the ratio of its ground-truth crop), SACD subject-aware (the centre of the
+  annotated subject, as a point).
+- Aspect-ratio-aware cropping asks one crop per ground-truth box, with that box's ratio,
+  and measures it against that box alone (FLMS's ten expert crops are ten requests; FCDB's
+  one crop, one).
 - ``iou`` and ``bde`` compare the predicted crop with the ground truth in pixels of the
   original photo: against several ground truths (GAICD's crops tied for the highest MOS)
   both from one of them, chosen as the reference code of FCDB and FLMS chooses it
@@ -23,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +39,7 @@ from cropper.data import metrics
 log = logging.getLogger(__name__)
 
 #: The task each benchmark measures, as in the paper.
-DATASET_TASKS = {"gaicd": "free", "fcdb": "aspect", "sacd": "subject"}
+DATASET_TASKS = {"gaicd": "free", "fcdb": "aspect", "sacd": "subject", "flms": "free"}
 PREDICTIONS = "predictions.jsonl"
 
 
@@ -69,6 +72,10 @@ class EvalPhoto:
         """The ground truth for the box metrics: the best-scored crops, ties included."""
         return metrics.best_crops(self.crops, self.scores)  # type: ignore[return-value]
 
+    def per_truth(self) -> list[EvalPhoto]:
+        """One photo a ground-truth box, each measured against its box alone."""
+        return [replace(self, crops=(truth,), scores=None) for truth in self.truths]
+
     def request(self, task: str) -> dict[str, Any]:
         """The ``subject=`` and ``ratio=`` a crop of this photo is asked with for ``task``."""
         if task == "aspect":
@@ -80,29 +87,38 @@ class EvalPhoto:
 
 
 def eval_photos(
-    dataset: str, root: str | os.PathLike, split: str | None, *, images: Any = None
+    dataset: str,
+    root: str | os.PathLike,
+    split: str | None,
+    *,
+    images: Any = None,
+    per_truth: bool = False,
 ) -> list[EvalPhoto]:
-    """The split's photos with their ground truth, named uniquely by file name."""
+    """The split's photos with their ground truth, named uniquely by file name.
+
+    With ``per_truth`` a photo is one item a ground-truth box (:meth:`EvalPhoto.per_truth`),
+    as aspect-ratio-aware cropping measures it.
+    """
     from cropper.data.datasets import load_dataset
 
     photos: list[EvalPhoto] = []
     seen: dict[str, int] = {}
     for exemplar in load_dataset(dataset, root, split, images=images):
-        name = Path(exemplar.image).name
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:  # SACD annotates one photo several times, one subject each
-            name = f"{name}#{seen[name]}"
         subjects = [s for s in exemplar.subjects or () if s is not None]
-        photos.append(
-            EvalPhoto(
-                name=name,
-                path=exemplar.image,
-                size=exemplar.size,
-                crops=exemplar.crops,
-                scores=exemplar.scores,
-                subject=subjects[0] if subjects else None,
-            )
+        photo = EvalPhoto(
+            name=Path(exemplar.image).name,
+            path=exemplar.image,
+            size=exemplar.size,
+            crops=exemplar.crops,
+            scores=exemplar.scores,
+            subject=subjects[0] if subjects else None,
         )
+        for item in photo.per_truth() if per_truth else [photo]:
+            # SACD annotates one photo several times, one subject each; FLMS's aspect
+            # requests are one a truth: the second and later are name#2, name#3, ...
+            seen[item.name] = seen.get(item.name, 0) + 1
+            count = seen[item.name]
+            photos.append(replace(item, name=f"{item.name}#{count}") if count > 1 else item)
     return photos
 
 

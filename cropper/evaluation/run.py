@@ -52,7 +52,7 @@ def evaluate_crops(
     """
     root = Path(root).expanduser()
     task_ = dataset_task(dataset, task)
-    photos = eval_photos(dataset, root, split, images=images)
+    photos = eval_photos(dataset, root, split, images=images, per_truth=task_ == "aspect")
     if limit is not None:
         photos = photos[: max(limit, 0)]
     _warn_if_the_bank_holds_test_photos(method, photos)

@@ -53,7 +53,7 @@ def test_the_table_puts_the_run_beside_the_published_numbers() -> None:
     assert "| 84.3 | 84.3 |" in rows["acc5"]
     assert "| 0.900 | 0.904 |" in rows["srcc"]
     assert "| 0.0612 |" in rows["bde"]
-    assert set(PUBLISHED) == {"gaicd", "fcdb", "sacd"}
+    assert set(PUBLISHED) == {"gaicd", "fcdb", "sacd", "flms"}
 
 
 @pytest.mark.parametrize("values", [[0.0, 0.05, 0.97, 1.0], [0.5] * 10, []])
