@@ -9,6 +9,9 @@ The protocol, since the paper publishes none:
 - Each photo is cropped once with the dataset's task: GAICD and FLMS free-form, FCDB
   aspect-ratio (the ratio of its ground-truth crop), SACD subject-aware (the centre of the
   annotated subject, as a point).
+- No ground truth enters a request but the ratio the aspect task asks for: a photo
+  without an annotated subject is cropped for the subject task with the subject the VLM
+  finds, and a method without a VLM is refused that task (:func:`check_subjects`).
 - Aspect-ratio-aware cropping asks one crop per ground-truth box, with that box's ratio,
   and measures it against that box alone (FLMS's ten expert crops are ten requests; FCDB's
   one crop, one).
@@ -81,8 +84,8 @@ class EvalPhoto:
         if task == "aspect":
             left, top, right, bottom = self.pixels(self.truths[0])
             return {"subject": None, "ratio": (right - left) / (bottom - top)}
-        if task == "subject":
-            return {"subject": self.subject or self.truths[0].center, "ratio": None}
+        if task == "subject":  # None when not annotated: the VLM finds the subject
+            return {"subject": self.subject, "ratio": None}
         return {"subject": None, "ratio": None}
 
 
@@ -120,6 +123,26 @@ def eval_photos(
             count = seen[item.name]
             photos.append(replace(item, name=f"{item.name}#{count}") if count > 1 else item)
     return photos
+
+
+def finds_subjects(method: Any) -> bool:
+    """Whether ``method`` finds a photo's subject itself: a cropper with a VLM does."""
+    return getattr(method, "vlm", None) is not None
+
+
+def check_subjects(method: Any, photos: Sequence[EvalPhoto], task: str, label: str) -> int:
+    """How many photos the VLM must find the subject of; a method that cannot is refused.
+
+    A subject taken from the ground truth (its crop's centre) would show the method part
+    of the answer, so it is never used.
+    """
+    unannotated = sum(1 for p in photos if p.subject is None) if task == "subject" else 0
+    if unannotated and not finds_subjects(method):
+        raise ConfigError(
+            f"{label}: {unannotated} of {len(photos)} photos have no annotated subject, and "
+            "only a VLM finds one: crop with --vlm, or measure the subject task on sacd"
+        )
+    return unannotated
 
 
 def dataset_task(dataset: str, task: str | None) -> str:
@@ -182,6 +205,8 @@ def run_split(
             }
             if getattr(result, "fallback", None):  # measured, but marked: it is no VLM crop
                 line["fallback"] = result.fallback
+            if task == "subject" and photo.subject is None:  # found by the VLM: say how
+                line["subject_found"] = getattr(result.subject, "source", "unknown")
             if top_k > 1 and result.top:  # the diverse crops, for iou_top_k
                 line["top"] = [[round(v, 2) for v in photo.pixels(c.box)] for c in result.top]
             sink.append(line)

@@ -18,6 +18,7 @@ from cropper.evaluation.harness import (
     PREDICTIONS,
     EvalPhoto,
     Method,
+    check_subjects,
     dataset_task,
     eval_photos,
     read_predictions,
@@ -50,11 +51,14 @@ def evaluate_crops(
     ``limit`` takes the split's first photos only, for a quick look. ``settings`` (the
     method's description, never secrets) are recorded in the report as given.
     """
+    from cropper.data.datasets import dataset_label
+
     root = Path(root).expanduser()
     task_ = dataset_task(dataset, task)
     photos = eval_photos(dataset, root, split, images=images, per_truth=task_ == "aspect")
     if limit is not None:
         photos = photos[: max(limit, 0)]
+    found = check_subjects(method, photos, task_, dataset_label(dataset, root, split))
     _warn_if_the_bank_holds_test_photos(method, photos)
     outcome = run_split(method, photos, task_, out, progress=progress)
     predictions = read_predictions(Path(out) / PREDICTIONS)
@@ -75,6 +79,11 @@ def evaluate_crops(
         # Photos whose crop is a fallback (no valid box from the VLM), measured all the same.
         "fell_back": sum(1 for p in predictions.values() if p.get("fallback")),
     }
+    if found:  # no annotated subject: the VLM's, and how often it found none (the centre)
+        record["subjects_found_by_vlm"] = found
+        record["subjects_not_found"] = sum(
+            1 for p in predictions.values() if p.get("subject_found") == "fallback"
+        )
     return write_report(out, summary, scored, settings=record, gallery=gallery)
 
 

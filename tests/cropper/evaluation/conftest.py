@@ -31,6 +31,7 @@ class Scripted:
         self.fail = fail or {}
         self.stop_after = stop_after
         self.calls: list[tuple[str, str, dict]] = []
+        self.found = None  # the Subject a result reports, as a VLM that grounded one would
 
     def crop(self, image, task="free", *, subject=None, ratio=None):
         if self.stop_after is not None and len(self.calls) == self.stop_after:
@@ -40,7 +41,8 @@ class Scripted:
             raise self.fail[Path(image).name]
         photo = Image.new("RGB", (8, 8))
         box = self.choose(str(image))
-        return CropResult(box=box, score=0.5, task=task, photo=photo, candidates=(), rounds=())
+        return CropResult(box=box, score=0.5, task=task, photo=photo, candidates=(), rounds=(),
+                          subject=self.found)  # fmt: skip
 
 
 @pytest.fixture

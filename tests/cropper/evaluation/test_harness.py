@@ -67,6 +67,12 @@ def test_requests_carry_the_truths_ratio_and_the_subject() -> None:
     assert photo.request("free") == {"subject": None, "ratio": None}
 
 
+def test_a_photo_without_an_annotated_subject_asks_for_none_never_the_truths_centre() -> None:
+    photo = _photo("a.jpg", [Box(0.1, 0.2, 0.6, 0.8)], size=(400, 300))
+    # The truth's centre, (0.35, 0.5), would show the method where the answer lies.
+    assert photo.request("subject") == {"subject": None, "ratio": None}
+
+
 # -- running and resuming -------------------------------------------------------------------
 
 
