@@ -135,6 +135,11 @@ class Baseline:
         """``(box, score, terms)`` for given boxes: by area, unless a baseline knows better."""
         return [(b, b.area, {"area": b.area}) for b in boxes]
 
+    def score_boxes(self, image: ImageInput, boxes: Any, task: str = "free") -> list[float]:
+        """The score this baseline ranks each of ``boxes`` by, as ``Cropper.score_boxes``."""
+        ranked = self.rank_boxes(load_image(image), task, list(boxes))
+        return [float(score) for _, score, _ in ranked]
+
     def notes(self, task: str) -> tuple[str, ...]:
         """What a user should know about how this baseline ranks ``task``'s crops."""
         return ()

@@ -74,20 +74,33 @@ def _add_crop_command(actions: Any) -> None:
     from cropper.agent.components import DEFAULT
     from cropper.cli.args import none_or, positive_int
     from cropper.core.tasks import TASKS
+    from cropper.evaluation.protocol import DEFAULT_RANKING, RANKINGS
 
     crop = actions.add_parser(
         "crop",
         help="crop a split with cropper or a baseline, and measure it",
         description="Crop every photo of a split (resumable: run the same command again to "
         "go on), then measure the crops: IoU and BDE against the best annotated crops in "
-        "original pixels; on GAICD also Acc, wAcc, SRCC and PCC, ranking the annotated crops "
-        "by their IoU with the predicted crop. Writes predictions.jsonl, metrics.json, "
-        "report.md (beside the published numbers), iou_hist.png and galleries to --out.",
+        "original pixels, both from one of them as CACNet's reference code chooses it (the "
+        "highest IoU; on a tie, the least displacement); on GAICD also Acc, wAcc, SRCC and "
+        "PCC, ranking the annotated crops as --ranking says. FLMS and FCDB with --task "
+        "aspect ask one crop per ground truth, with its ratio. Writes predictions.jsonl, "
+        "metrics.json, report.md (beside the published numbers of the same protocol), "
+        "iou_hist.png and galleries to --out.",
     )
     _add_dataset_args(crop)
     crop.add_argument("--out", required=True, help="the run's folder; an existing one resumes")
     crop.add_argument(
         "--task", choices=TASKS, help="default: the benchmark's (gaicd free, fcdb aspect, ...)"
+    )
+    crop.add_argument(
+        "--ranking",
+        choices=list(RANKINGS),
+        default=DEFAULT_RANKING,
+        help="GAICD's Acc/SRCC: scorer (default; every annotated crop scored by the method's "
+        "own scorer, as the published numbers) or iou (ranked by IoU with the predicted "
+        "crop, cropper's own protocol); a scorer run can be measured by iou again without "
+        "cropping",
     )
     crop.add_argument(
         "--baseline",
@@ -161,6 +174,7 @@ def run_crop(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             gallery=args.gallery,
             settings=settings,
+            ranking=args.ranking,
         )
     finally:
         method.close()
@@ -173,6 +187,11 @@ def run_crop(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print("  ".join(f"{k} {v:.4f}" for k, v in measured.items()), file=sys.stderr)
+    ranking = (report.get("protocol") or {}).get("ranking")
+    if ranking:
+        from cropper.evaluation.protocol import RANKINGS
+
+        print(f"ranking: {ranking}, {RANKINGS[ranking]}", file=sys.stderr)
     counts = {k: report.get(k, 0) for k in ("photos", "measured", "cropped_now", "resumed")}
     counts["fell_back"] = report.get("fell_back", 0)
     if counts["fell_back"]:

@@ -19,9 +19,13 @@ The protocol, since the paper publishes none:
   original photo: against several ground truths (GAICD's crops tied for the highest MOS)
   both from one of them, chosen as the reference code of FCDB and FLMS chooses it
   (:func:`cropper.data.metrics.box_metrics`).
-- On GAICD the ranking metrics (Acc, wAcc, SRCC, PCC) rank the photo's annotated crops by
-  their IoU with the predicted crop, as if that IoU were the predicted score of each: a
-  prediction close to the crops people rated highest ranks them first.
+- On GAICD the ranking metrics (Acc, wAcc, SRCC, PCC) rank the photo's annotated crops one
+  of two ways (:data:`cropper.evaluation.protocol.RANKINGS`): ``scorer``, every annotated
+  crop scored by the method's own scorer (``score_boxes``: the terms the run uses), the
+  protocol of the published numbers; or ``iou``, by their IoU with the predicted crop, as
+  if that IoU were each one's score, a protocol of cropper's own. A ``scorer`` run keeps
+  the scores in ``predictions.jsonl`` (``crop_scores``), so it can be measured by IoU rank
+  too without cropping again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ class Method(Protocol):
     def crop(
         self, image: Any, task: str = "free", *, subject: Any = None, ratio: Any = None
     ) -> CropResult: ...
+
+    def score_boxes(self, image: Any, boxes: Sequence[Box], task: str = "free") -> list[float]:
+        """The method's own score of each box: what it ranks its candidates by."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -171,10 +179,13 @@ def run_split(
     out: str | os.PathLike,
     *,
     progress: bool = True,
+    score_crops: bool = False,
 ) -> RunOutcome:
     """Crop every photo not yet in ``out/predictions.jsonl``, appending each as it is done.
 
-    A photo that cannot be cropped (a bad file, a reply with no box) is reported and left
+    With ``score_crops`` each line also holds the method's score of every annotated crop
+    (``crop_scores``, in annotation order), for the ``scorer`` ranking. A photo that
+    cannot be cropped or scored (a bad file, a reply with no box) is reported and left
     out, so a later run tries it again; a server that stays unreachable stops the run.
     """
     folder = Path(out)
@@ -189,6 +200,7 @@ def run_split(
         for photo in _progress(todo, progress):
             try:
                 result = method.crop(photo.path, task=task, **photo.request(task))
+                scores = method.score_boxes(result.photo, photo.crops, task) if score_crops else []
             except VLMError as exc:
                 if exc.stops_batch:
                     raise  # the server is gone, or refuses every photo: stop now, resume later
@@ -207,6 +219,8 @@ def run_split(
                 line["fallback"] = result.fallback
             if task == "subject" and photo.subject is None:  # found by the VLM: say how
                 line["subject_found"] = getattr(result.subject, "source", "unknown")
+            if score_crops:  # the method's score of each annotated crop, for its ranking
+                line["crop_scores"] = [round(float(v), 6) for v in scores]
             if top_k > 1 and result.top:  # the diverse crops, for iou_top_k
                 line["top"] = [[round(v, 2) for v in photo.pixels(c.box)] for c in result.top]
             sink.append(line)
@@ -247,9 +261,17 @@ class PhotoScore:
 
 
 def score_predictions(
-    photos: Sequence[EvalPhoto], predictions: dict[str, dict[str, Any]], *, ranked: bool
+    photos: Sequence[EvalPhoto],
+    predictions: dict[str, dict[str, Any]],
+    *,
+    ranking: str | None = None,
 ) -> list[PhotoScore]:
-    """Each predicted photo's metrics; ``ranked`` adds Acc, wAcc, SRCC and PCC by IoU."""
+    """Each predicted photo's metrics; ``ranking`` adds Acc, wAcc, SRCC and PCC.
+
+    ``ranking`` is ``scorer`` (the line's ``crop_scores``; a line without them is not
+    ranked) or ``iou`` (each annotated crop's IoU with the predicted crop); None ranks
+    nothing. A photo with fewer annotated crops than Acc needs is not ranked either.
+    """
     scored: list[PhotoScore] = []
     for photo in photos:
         record = predictions.get(photo.name)
@@ -263,18 +285,32 @@ def score_predictions(
                 metrics.box_metrics(tuple(map(float, b)), truths, photo.size)["iou"]
                 for b in record["top"]
             )
-        if ranked and photo.scores is not None and len(photo.crops) >= max(metrics.TOP_K):
-            ious = [metrics.iou(box, photo.pixels(c)) for c in photo.crops]
-            values |= metrics.photo_score_metrics(photo.scores, ious)
+        predicted = _ranking_scores(photo, record, box, ranking)
+        if predicted is not None:
+            values |= metrics.photo_score_metrics(photo.scores, predicted)  # type: ignore[arg-type]
         scored.append(PhotoScore(photo, box, values))  # type: ignore[arg-type]
     return scored
+
+
+def _ranking_scores(
+    photo: EvalPhoto, record: dict[str, Any], box: tuple[float, ...], ranking: str | None
+) -> list[float] | None:
+    """What ranks the photo's annotated crops under ``ranking``; None when it cannot."""
+    if ranking is None or photo.scores is None or len(photo.crops) < max(metrics.TOP_K):
+        return None
+    if ranking == "iou":
+        return [metrics.iou(box, photo.pixels(c)) for c in photo.crops]  # type: ignore[arg-type]
+    given = record.get("crop_scores")
+    if not isinstance(given, list) or len(given) != len(photo.crops):
+        return None  # a line from a run that did not score the crops
+    return [float(v) for v in given]
 
 
 def summarize(scored: Sequence[PhotoScore], *, ranked: bool) -> dict[str, float]:
     """The means over photos of each photo's metrics.
 
     ``iou`` and ``bde``; ``iou_top_k`` (the best IoU among a photo's top-k crops) over the
-    photos that have them; with ``ranked``, the ranking metrics.
+    photos that have them; with ``ranked``, the ranking metrics over the photos ranked.
     """
     if not scored:
         raise ConfigError("no photo was cropped, so there is nothing to measure")

@@ -18,6 +18,7 @@ from cropper.agent.baselines import (
     make_baseline,
 )
 from cropper.agent.grid import grid_candidates, ratio_candidates
+from cropper.core.boxes import Box
 from cropper.core.errors import ConfigError
 from cropper.scoring.head import AestheticHead, HeadConfig
 from cropper.scoring.scorer import Scorer
@@ -218,3 +219,17 @@ def test_registry_and_factory(tiny_clip):
     # No head: the knowledge term (CLIP's sense of good composition) stands in, not area.
     assert set(result.candidates[0].terms) == {"knowledge"}
     assert "goes to the knowledge term" in result.notes[0]
+
+
+def test_score_boxes_is_what_each_baseline_ranks_by(photo):
+    boxes = grid_candidates(photo.size)[:5]
+    # The area for the whole photo and the centre crop, as their rank_boxes says.
+    assert CentreCrop().score_boxes(photo, boxes) == pytest.approx([b.area for b in boxes])
+    # The head baseline: the head over each crop's embedding, the score its crops carry.
+    image = ramp_photo()
+    wanted = [RampEmbedder.feature(image.crop(b.to_pixels(image.size))) for b in boxes]
+    assert head_baseline().score_boxes(image, boxes) == pytest.approx(wanted, abs=1e-5)
+    # Saliency: its score ranks the box holding the salient square above one without it.
+    square, corner = Box(0.3, 0.3, 0.8, 0.8), Box(0.0, 0.0, 0.2, 0.2)
+    held, missed = SaliencyCrop().score_boxes(photo, [square, corner])
+    assert held > missed
