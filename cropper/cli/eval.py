@@ -104,8 +104,9 @@ def _add_crop_command(actions: Any) -> None:
     )
     crop.add_argument(
         "--baseline",
-        choices=["whole", "centre", "saliency", "head"],
-        help="crop with a baseline instead of the VLM loop",
+        choices=["whole", "centre", "saliency", "head", "smartcrop"],
+        help="crop with a baseline instead of the VLM loop (smartcrop: the smartcrop package, "
+        "pip install 'cropper[smartcrop]')",
     )
     crop.add_argument("--vlm", default=DEFAULT, help="server URL, model id or folder, or none")
     crop.add_argument(

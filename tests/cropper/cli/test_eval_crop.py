@@ -21,7 +21,7 @@ def _last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("baseline", ["whole", "centre", "saliency"])
+@pytest.mark.parametrize("baseline", ["whole", "centre", "saliency", "smartcrop"])
 def test_a_baseline_run_prints_the_metrics_as_its_last_line(
     baseline: str, gaicd_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
