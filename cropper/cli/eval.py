@@ -1,4 +1,4 @@
-"""``cropper eval crop|scores|boxes``: measure crops the way the benchmarks do.
+"""``cropper eval crop|scores|boxes|compare``: measure crops the way the benchmarks do.
 
 Each subcommand prints what a person reads (problems, a short table) on stderr and
 one JSON object, the metrics and counts, as the last line of stdout, for scripts.
@@ -68,6 +68,19 @@ def add_eval_commands(commands: Any) -> None:
         "(cropper crop --json writes such lines)",
     )
     boxes.set_defaults(run=run_boxes)
+
+    compare = actions.add_parser(
+        "compare",
+        help="one table of several eval crop runs: metrics, settings, protocol, split",
+        description="Put the metrics of eval crop runs side by side with each run's settings "
+        "(method, model, bank, options), protocol and split. Where runs of one metric differ "
+        "in protocol or split, every figure of it is marked with its group: compare only "
+        "figures of one group. The Markdown table goes to stderr (and to --out), the JSON "
+        "to stdout's last line.",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders (eval crop --out)")
+    compare.add_argument("--out", help="also write the Markdown table to this file")
+    compare.set_defaults(run=run_compare)
 
 
 def _add_crop_command(actions: Any) -> None:
@@ -324,3 +337,16 @@ def _report(
     for line in table:
         print(line, file=err)
     print(json.dumps({key: result[key] for key in (*keys, *COUNT_KEYS)}), flush=True)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from cropper.core.fileio import write_text
+    from cropper.evaluation.compare import compare_runs, markdown
+
+    comparison = compare_runs(args.runs)
+    table = markdown(comparison)
+    print(table, end="", file=sys.stderr)
+    if args.out:
+        write_text(args.out, table)
+    print(json.dumps(comparison), flush=True)
+    return 0

@@ -125,12 +125,13 @@ def markdown_table(summary: Mapping[str, float], settings: Mapping[str, Any]) ->
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     withheld: list[str] = []
     for key, value in summary.items():
-        cells = [key, protocol.label(ours, key), _fmt(key, value)]
+        cells = [key, protocol.label(ours, key), format_metric(key, value)]
         comparable = protocol.same(ours, theirs, key)
         for method, table in published.items():
             if key in table and not comparable:
                 withheld.append(f"{method} {key} ({protocol.label(theirs, key)})")
-            cells.append(_fmt(key, table.get(key), given_percent=True) if comparable else "")
+            shown = table.get(key) if comparable else None
+            cells.append(format_metric(key, shown, given_percent=True))
         lines.append("| " + " | ".join(cells) + " |")
     if withheld:
         lines += [
@@ -148,7 +149,8 @@ def _setting(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
-def _fmt(key: str, value: float | None, *, given_percent: bool = False) -> str:
+def format_metric(key: str, value: float | None, *, given_percent: bool = False) -> str:
+    """``value`` as reports print ``key``: Acc and wAcc in percent, BDE to 4 places."""
     if value is None:
         return ""
     if key.startswith(_PERCENT_PREFIXES):

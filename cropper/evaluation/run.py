@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ def evaluate_crops(
         **dict(settings or {}),
         "photos": len(photos),
         "measured": len(scored),
+        # Which photos were measured, as a digest: runs over other photos do not compare.
+        "photo_set": photo_set(s.photo.name for s in scored),
         "cropped_now": outcome.cropped,
         "resumed": outcome.resumed,
         "failed": [f"{name}: {why}" for name, why in outcome.failures],
@@ -104,6 +107,12 @@ def evaluate_crops(
             1 for p in predictions.values() if p.get("subject_found") == "fallback"
         )
     return write_report(out, summary, scored, settings=record, gallery=gallery)
+
+
+def photo_set(names: Iterable[str]) -> str:
+    """A short digest of a set of photo names: equal for the same photos, in any order."""
+    text = "\n".join(sorted(set(names)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _warn_if_the_bank_holds_test_photos(method: Any, photos: list[EvalPhoto]) -> None:
