@@ -74,6 +74,13 @@ PUBLISHED_PROTOCOLS: dict[str, dict[str, Any]] = {
     "flms": {"task": "free", "box_metrics": BOX_RULE},
 }
 
+#: The photos the published numbers were measured over: the split and its size.
+PUBLISHED_SPLITS: dict[str, tuple[str, int]] = {
+    "gaicd": ("test", 200),
+    "fcdb": ("test", 345),
+    "flms": ("all", 500),
+}
+
 #: Metrics printed as percentages (the papers' convention); the rest as they are.
 _PERCENT_PREFIXES = ("acc", "wacc")
 _THUMB_SIDE = 320
@@ -139,6 +146,15 @@ def markdown_table(summary: Mapping[str, float], settings: Mapping[str, Any]) ->
             "Not set beside this run, as measured by another protocol: " + "; ".join(withheld)
             + ".",
         ]  # fmt: skip
+    where = PUBLISHED_SPLITS.get(dataset)
+    measured = settings.get("measured")
+    if published and where and measured is not None and measured != where[1]:
+        lines += [
+            "",
+            f"The published figures are over {dataset}'s {where[0]} photos ({where[1]}); this "
+            f"run measured {measured} ({split}), so even figures of one protocol are not the "
+            "same measurement.",
+        ]
     lines += ["", "Protocols (task · rule):", *protocol.legend([ours, theirs])]
     return "\n".join(lines) + "\n"
 

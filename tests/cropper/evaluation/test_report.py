@@ -104,3 +104,12 @@ def test_a_run_that_recorded_no_protocol_is_set_beside_nothing() -> None:
     table = markdown_table({"acc5": 0.9}, {"dataset": "gaicd"})  # a metrics.json of before
     assert "| acc5 | not recorded · not recorded | 90.0 |  |" in table
     assert "- `not recorded`: a run made before cropper recorded its protocol" in table
+
+
+def test_a_run_over_fewer_photos_than_the_published_split_says_so() -> None:
+    settings = {"dataset": "gaicd", "split": None, "measured": 3,
+                "protocol": run_protocol("free", "scorer")}  # fmt: skip
+    table = markdown_table({"acc5": 0.5}, settings)
+    assert "over gaicd's test photos (200); this run measured 3 (all photos)" in table
+    whole = markdown_table({"acc5": 0.5}, {**settings, "split": "test", "measured": 200})
+    assert "this run measured" not in whole
