@@ -6,7 +6,7 @@ folder skips the photos already there. A line torn by a kill is dropped on resta
 
 The protocol, since the paper publishes none:
 
-- Each photo is cropped once with the dataset's task: GAICD and FLMS free-form, FCDB
+- Each photo is cropped with the dataset's task: GAICD and FLMS free-form, FCDB
   aspect-ratio (the ratio of its ground-truth crop), SACD subject-aware (the centre of the
   annotated subject, as a point).
 - No ground truth enters a request but the ratio the aspect task asks for: a photo
