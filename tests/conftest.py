@@ -14,9 +14,34 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED_DATA = Path(
-    os.environ.get("CROPPER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    """``$CROPPER_SHARED_DATA``, else ``../shared/data`` beside the checkout.
+
+    A git worktree made elsewhere (``git worktree add /tmp/x``) has no ``../shared`` of its
+    own: the main checkout's is used, found through the worktree's ``.git`` file.
+    """
+    if os.environ.get("CROPPER_SHARED_DATA"):
+        return Path(os.environ["CROPPER_SHARED_DATA"])
+    beside = REPO.parent / "shared" / "data"
+    dotgit = REPO / ".git"
+    if beside.is_dir() or not dotgit.is_file():
+        return beside
+    text = dotgit.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("gitdir:"):
+        return beside
+    gitdir = (REPO / text.removeprefix("gitdir:").strip()).resolve()  # .git/worktrees/<name>
+    common = gitdir / "commondir"
+    main_git = (gitdir / common.read_text().strip()).resolve() if common.is_file() else None
+    if main_git is None:
+        return beside
+    found = main_git.parent.parent / "shared" / "data"
+    return found if found.is_dir() else beside
+
+
+SHARED_DATA = _shared_data()
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +59,22 @@ def gaicd_photo(shared_data: Path) -> Path:
     if not photos:
         pytest.skip("no GAICD photo under shared/data/gaicd/official_layout/images")
     return photos[0]
+
+
+@pytest.fixture
+def flms_root(shared_data: Path, tmp_path: Path) -> Path:
+    """FLMS as released (``500_image_dataset.mat``, ``image/``): the real format sample.
+
+    The sample is linked, not copied, under the release's file name; ``image/`` is empty
+    (the sample's photos are not at hand): tests put photos of the right size there.
+    """
+    sample = shared_data / "flms" / "flms_format_sample.mat"
+    if not sample.is_file():
+        pytest.skip(f"no FLMS format sample at {sample}")
+    root = tmp_path / "FLMS"
+    (root / "image").mkdir(parents=True)
+    (root / "500_image_dataset.mat").symlink_to(sample)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@
 - ``centre``: a centred crop keeping :data:`CENTRE_SCALE` of each side;
 - ``saliency``: the sweep of candidates that best keeps the spectral-residual saliency;
 - ``head``: GAICD's grid candidates ranked by the aesthetic head alone. ``Cropper(vlm=None)``
-  crops with this one.
+  crops with this one;
+- ``smartcrop``: the smartcrop package (smartcrop.py, after smartcrop.js), a widely used
+  classical cropper, behind the ``smartcrop`` extra.
 
 Each returns a :class:`~cropper.agent.result.CropResult` whose ``candidates`` are its ranked boxes
 (``source`` the baseline's name, ``round`` 0) and whose ``rounds`` are empty. Without a VLM a
@@ -14,6 +16,7 @@ subject given as a phrase cannot be found; a subject left out is the most salien
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -24,16 +27,18 @@ from PIL import Image
 from cropper.agent import components
 from cropper.agent.constraints import DEFAULT_MIN_SIDE, Constraints, avoid_shares
 from cropper.agent.grid import (
+    COMMON_RATIOS,
     SCALES,
     STEPS,
     containing,
     grid_candidates,
+    largest_fitting,
     ratio_candidates,
     sweep_candidates,
 )
 from cropper.agent.result import Candidate, CropResult
 from cropper.core.boxes import Box, fit_aspect
-from cropper.core.errors import ConfigError
+from cropper.core.errors import ConfigError, MissingDependencyError
 from cropper.core.images import ImageInput, load_image
 from cropper.core.tasks import TASKS, Ratio, Subject, check_request, subject_from_spec
 from cropper.scoring.saliency import (
@@ -149,6 +154,11 @@ class Baseline:
     def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
         """``(box, score, terms)`` for given boxes: by area, unless a baseline knows better."""
         return [(b, b.area, {"area": b.area}) for b in boxes]
+
+    def score_boxes(self, image: ImageInput, boxes: Any, task: str = "free") -> list[float]:
+        """The score this baseline ranks each of ``boxes`` by, as ``Cropper.score_boxes``."""
+        ranked = self.rank_boxes(load_image(image), task, list(boxes))
+        return [float(score) for _, score, _ in ranked]
 
     def notes(self, task: str) -> tuple[str, ...]:
         """What a user should know about how this baseline ranks ``task``'s crops."""
@@ -302,9 +312,150 @@ class HeadGridCrop(Baseline):
         return (note,) if note else ()
 
 
+#: The long side, in pixels, smartcrop analyses a photo at: as its own ``crop()``, the
+#: photo is scaled down first (smartcrop is slow on large photos); boxes map back exactly.
+SMARTCROP_SIDE = 256
+#: smartcrop's step between windows, in pixels of the analysed photo, and the window
+#: scales it tries (each a share of the largest window of the ratio): its own defaults.
+SMARTCROP_STEP = 8
+SMARTCROP_SCALES = (1.0, 0.9)
+
+
+class SmartcropCrop(Baseline):
+    """The smartcrop package: windows scored by edges, skin and saturation, rule of thirds.
+
+    smartcrop searches windows of one ratio, from the largest down to ``min(scales)`` of
+    it, scoring each by its features per unit area (``SmartCrop.analyse``). Free-form, it
+    is asked for the photo's own ratio and the common ones
+    (:data:`~cropper.agent.grid.COMMON_RATIOS`), and its best window of all wins; aspect,
+    the ratio asked, each window snapped to the exact ratio in the photo's pixels (its
+    short side kept); subject, the free-form windows holding the subject. Its own defaults
+    stand (windows of 1.0 and 0.9 of the largest, 8 px apart), so it crops as people who
+    use it know it.
+    Needs ``pip install 'cropper[smartcrop]'``.
+    """
+
+    name = "smartcrop"
+
+    def __init__(
+        self,
+        *,
+        scales: tuple[float, ...] = SMARTCROP_SCALES,
+        side: int = SMARTCROP_SIDE,
+        step: int = SMARTCROP_STEP,
+    ):
+        try:
+            import smartcrop
+        except ImportError:
+            raise MissingDependencyError(
+                "smartcrop", "smartcrop", "the smartcrop baseline"
+            ) from None
+        self.engine = smartcrop.SmartCrop()
+        self.scales = tuple(sorted(scales, reverse=True))
+        self.side = side
+        self.step = step
+
+    def rank(self, photo, task, subject, ratio) -> Ranked:
+        small = self._analysed(photo)
+        wanted = [ratio.value] if ratio is not None else _free_ratios(photo.size)
+        ranked: Ranked = []
+        for value in wanted:
+            width, height = largest_fitting(small.size, value)
+            found = self.engine.analyse(
+                small,
+                width,
+                height,
+                max_scale=self.scales[0],
+                min_scale=self.scales[-1],
+                num_scale_steps=len(self.scales),
+                step=self.step,
+            )
+            for window in found["crops"]:
+                box = _window_box(window, small.size)
+                if ratio is not None:
+                    box = _snapped(box, ratio.value, photo.size)
+                score = float(window["score"])
+                ranked.append((box, score, {"smartcrop": score}))
+        return ranked
+
+    def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
+        """The score smartcrop gives each box, computed as ``SmartCrop.analyse`` does."""
+        engine = self.engine
+        small = self._analysed(photo)
+        features = engine.prepare_features_image(small)
+        down = engine.score_down_sample
+        sampled = features.resize(
+            (math.ceil(small.size[0] / down), math.ceil(small.size[1] / down)),
+            Image.Resampling.LANCZOS,
+        )
+        cells = engine.precompute_features(sampled)
+        prescore = float(np.sum(cells)) * engine.outside_importance
+        out: Ranked = []
+        for box in boxes:
+            left, top, right, bottom = box.to_pixels(small.size)
+            x, y, w, h = (int(v / down) for v in (left, top, right - left, bottom - top))
+            importance = engine.get_importance(height=max(h, 1), width=max(w, 1))
+            score = engine.score(
+                cells,
+                prescore,
+                (x, y, max(w, 1), max(h, 1)),
+                importance - engine.outside_importance,
+            )
+            out.append((box, float(score), {"smartcrop": float(score)}))
+        return out
+
+    def notes(self, task: str) -> tuple[str, ...]:
+        return ("ranked by smartcrop (edges, skin, saturation, rule of thirds; no model)",)
+
+    def _analysed(self, photo: Image.Image) -> Image.Image:
+        """The photo as smartcrop analyses it: RGB, its long side at most :attr:`side`."""
+        rgb = photo.convert("RGB")
+        scale = self.side / max(rgb.size)
+        if scale >= 1:
+            return rgb
+        size = (max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale)))
+        return rgb.resize(size, Image.Resampling.LANCZOS)
+
+
+def _free_ratios(size: tuple[int, int]) -> list[float]:
+    """The photo's own ratio, then the common ones that differ from it by more than 1%."""
+    own = size[0] / size[1]
+    return [own] + [r for r in COMMON_RATIOS if abs(r / own - 1) > 0.01]
+
+
+def _snapped(box: Box, ratio: float, size: tuple[int, int]) -> Box:
+    """``box`` at exactly ``ratio`` in whole pixels: its short side kept, the long one set.
+
+    The long side is the whole number nearest the ratio's (as the other baselines'
+    candidates, :func:`~cropper.agent.grid.largest_fitting`), about the same centre; a box
+    that would not fit is the largest that does.
+    """
+    w_img, h_img = size
+    left, top, right, bottom = box.to_pixels(size)
+    if ratio >= 1:
+        h = bottom - top
+        w = round(h * ratio)
+    else:
+        w = right - left
+        h = round(w / ratio)
+    if w > w_img or h > h_img or min(w, h) < 1:
+        w, h = largest_fitting(size, ratio)
+    x = min(max(round((left + right - w) / 2), 0), w_img - w)
+    y = min(max(round((top + bottom - h) / 2), 0), h_img - h)
+    return Box.from_pixels((x, y, x + w, y + h), size)
+
+
+def _window_box(window: dict[str, Any], size: tuple[int, int]) -> Box:
+    """One of smartcrop's windows (``x, y, width, height`` in pixels) as a box of the photo."""
+    w, h = size
+    right = min(window["x"] + window["width"], w)
+    bottom = min(window["y"] + window["height"], h)
+    return Box(window["x"] / w, window["y"] / h, right / w, bottom / h)
+
+
 #: The baselines by name, as ``cropper eval crop --baseline NAME`` takes them.
 BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (WholePhoto, CentreCrop, SaliencyCrop, HeadGridCrop)
+    cls.name: cls for cls in (WholePhoto, CentreCrop, SaliencyCrop, HeadGridCrop, SmartcropCrop)
 }
 
 

@@ -888,6 +888,20 @@ class Cropper:
         trace.append(Round(len(trace), "compose", prompt, tuple(replies), (), (note,)))
         return chosen
 
+    def score_boxes(
+        self, image: ImageInput, boxes: Sequence[Box], task: str = "free"
+    ) -> list[float]:
+        """The score the loop would give each of ``boxes`` for ``task``: its own terms.
+
+        With a VLM, the scorer's weighted terms (the ones the run uses); without one, the
+        ranking of the baseline it crops with. Used by ``cropper eval crop`` to rank a
+        benchmark's annotated crops as the published GAICD numbers do.
+        """
+        if self._no_vlm is not None:
+            return self._no_vlm.score_boxes(image, boxes, task)
+        photo = load_image(image, allow_urls=self.config.allow_urls)
+        return [s.total for s in self.scorer.score(photo, list(boxes), task)]
+
     def close(self) -> None:
         if self.vlm is not None:
             self.vlm.close()

@@ -1,4 +1,4 @@
-"""``cropper eval crop|scores|boxes``: measure crops the way the benchmarks do.
+"""``cropper eval crop|scores|boxes|compare``: measure crops the way the benchmarks do.
 
 Each subcommand prints what a person reads (problems, a short table) on stderr and
 one JSON object, the metrics and counts, as the last line of stdout, for scripts.
@@ -69,20 +69,37 @@ def add_eval_commands(commands: Any) -> None:
     )
     boxes.set_defaults(run=run_boxes)
 
+    compare = actions.add_parser(
+        "compare",
+        help="one table of several eval crop runs: metrics, settings, protocol, split",
+        description="Put the metrics of eval crop runs side by side with each run's settings "
+        "(method, model, bank, options), protocol and split. Where runs of one metric differ "
+        "in protocol or split, every figure of it is marked with its group: compare only "
+        "figures of one group. The Markdown table goes to stderr (and to --out), the JSON "
+        "to stdout's last line.",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders (eval crop --out)")
+    compare.add_argument("--out", help="also write the Markdown table to this file")
+    compare.set_defaults(run=run_compare)
+
 
 def _add_crop_command(actions: Any) -> None:
     from cropper.agent.components import DEFAULT
     from cropper.cli.args import none_or, positive_int
     from cropper.core.tasks import TASKS
+    from cropper.evaluation.protocol import DEFAULT_RANKING, RANKINGS
 
     crop = actions.add_parser(
         "crop",
         help="crop a split with cropper or a baseline, and measure it",
         description="Crop every photo of a split (resumable: run the same command again to "
         "go on), then measure the crops: IoU and BDE against the best annotated crops in "
-        "original pixels; on GAICD also Acc, wAcc, SRCC and PCC, ranking the annotated crops "
-        "by their IoU with the predicted crop. Writes predictions.jsonl, metrics.json, "
-        "report.md (beside the published numbers), iou_hist.png and galleries to --out.",
+        "original pixels, both from one of them as CACNet's reference code chooses it (the "
+        "highest IoU; on a tie, the least displacement); on GAICD also Acc, wAcc, SRCC and "
+        "PCC, ranking the annotated crops as --ranking says. FLMS and FCDB with --task "
+        "aspect ask one crop per ground truth, with its ratio. Writes predictions.jsonl, "
+        "metrics.json, report.md (beside the published numbers of the same protocol), "
+        "iou_hist.png and galleries to --out.",
     )
     _add_dataset_args(crop)
     crop.add_argument("--out", required=True, help="the run's folder; an existing one resumes")
@@ -90,9 +107,19 @@ def _add_crop_command(actions: Any) -> None:
         "--task", choices=TASKS, help="default: the benchmark's (gaicd free, fcdb aspect, ...)"
     )
     crop.add_argument(
+        "--ranking",
+        choices=list(RANKINGS),
+        default=DEFAULT_RANKING,
+        help="GAICD's Acc/SRCC: scorer (default; every annotated crop scored by the method's "
+        "own scorer, as the published numbers) or iou (ranked by IoU with the predicted "
+        "crop, cropper's own protocol); a scorer run can be measured by iou again without "
+        "cropping",
+    )
+    crop.add_argument(
         "--baseline",
-        choices=["whole", "centre", "saliency", "head"],
-        help="crop with a baseline instead of the VLM loop",
+        choices=["whole", "centre", "saliency", "head", "smartcrop"],
+        help="crop with a baseline instead of the VLM loop (smartcrop: the smartcrop package, "
+        "pip install 'cropper[smartcrop]')",
     )
     crop.add_argument("--vlm", default=DEFAULT, help="server URL, model id or folder, or none")
     crop.add_argument(
@@ -161,6 +188,7 @@ def run_crop(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             gallery=args.gallery,
             settings=settings,
+            ranking=args.ranking,
         )
     finally:
         method.close()
@@ -173,6 +201,11 @@ def run_crop(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print("  ".join(f"{k} {v:.4f}" for k, v in measured.items()), file=sys.stderr)
+    ranking = (report.get("protocol") or {}).get("ranking")
+    if ranking:
+        from cropper.evaluation.protocol import RANKINGS
+
+        print(f"ranking: {ranking}, {RANKINGS[ranking]}", file=sys.stderr)
     counts = {k: report.get(k, 0) for k in ("photos", "measured", "cropped_now", "resumed")}
     counts["fell_back"] = report.get("fell_back", 0)
     if counts["fell_back"]:
@@ -304,3 +337,16 @@ def _report(
     for line in table:
         print(line, file=err)
     print(json.dumps({key: result[key] for key in (*keys, *COUNT_KEYS)}), flush=True)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from cropper.core.fileio import write_text
+    from cropper.evaluation.compare import compare_runs, markdown
+
+    comparison = compare_runs(args.runs)
+    table = markdown(comparison)
+    print(table, end="", file=sys.stderr)
+    if args.out:
+        write_text(args.out, table)
+    print(json.dumps(comparison), flush=True)
+    return 0

@@ -25,7 +25,7 @@ def add_index_commands(commands: Any) -> None:
     build.add_argument(
         "--dataset",
         required=True,
-        help="gaicd, fcdb, sacd, jsonl (a file of your crops), folder "
+        help="gaicd, fcdb, sacd, flms, jsonl (a file of your crops), folder "
         "(photos with a sidecar JSON each) or pro (uncropped professional photos, each "
         "its own crop; sidecars of sub-crops optional)",
     )

@@ -22,6 +22,10 @@ dataset has them and subjects where it has them.
   first, scored 1.0, then the other crops, scored 0.5, so that picking crops by
   score puts the best first; each crop's subject is the mask box's centre (the
   masks themselves are not read).
+- ``flms``: ``500_image_dataset.mat`` (read by :mod:`cropper.data.flms`: up to ten expert
+  crops a photo, rows ``y1 x1 y2 x2`` in pixels, negative rows unused) with the photos in
+  ``image/`` (default; ``images`` overrides it). One split, all 500 photos: ``test`` or
+  none. The crops carry no score: every one is a ground truth.
 - ``jsonl``: the user's JSONL (see :mod:`retrieval.exemplars`); root is the file.
 - ``folder``: photos with a sidecar JSON each (``a.jpg`` + ``a.json``) holding a
   JSONL record without ``"image"``: ``{"crops": [[l, t, r, b], ...], "scores":
@@ -38,7 +42,8 @@ Missing or unreadable photos and malformed annotations are skipped and reported
 in one warning; when none is usable, :class:`ExemplarIndexError`. Reading the
 annotations (:func:`read_annotations`, or :func:`read_gaicd`, :func:`read_fcdb`,
 :func:`read_sacd`) is apart from finding the photos (:class:`PhotoFinder`), so
-annotations can be checked, and predictions evaluated, without them.
+annotations can be checked, and predictions evaluated, without them (:func:`read_flms`
+too).
 """
 
 from __future__ import annotations
@@ -142,7 +147,7 @@ def load_dataset(
 def read_annotations(
     name: str, root: PathLike, split: str | None = None, *, images: PathLike | None = None
 ) -> Annotations:
-    """The records of benchmark ``name`` (gaicd, fcdb or sacd) without looking at any photo.
+    """The records of benchmark ``name`` (gaicd, fcdb, sacd or flms) without looking at any photo.
 
     ``images`` matters to SACD only, whose records name their photo's path. The
     ``jsonl``, ``folder`` and ``pro`` datasets have no annotations apart from their photos
@@ -153,6 +158,7 @@ def read_annotations(
         "gaicd": lambda folder: read_gaicd(folder, split),
         "fcdb": lambda folder: read_fcdb(folder, split),
         "sacd": lambda folder: read_sacd(folder, split, images=photo_folder(name, folder, images)),
+        "flms": lambda folder: read_flms(folder, split, images=photo_folder(name, folder, images)),
     }
     if name not in readers:
         if name in DATASETS:
@@ -166,13 +172,18 @@ def read_annotations(
 def photo_folder(name: str, root: PathLike, images: PathLike | None = None) -> Path:
     """Where dataset ``name``'s loader looks for photos: ``images`` if given, else its default.
 
-    The default is ``root/images``; FCDB's is ``root`` itself when it has no ``images``.
+    The default is ``root/images``; FCDB's is ``root`` itself when it has no ``images``;
+    FLMS's is ``root/image``, as the official release has it.
     """
     if images is not None:
         return Path(images).expanduser()
     folder = Path(root).expanduser()
     if name == "fcdb" and not (folder / "images").is_dir():
         return folder
+    if name == "flms":
+        from cropper.data.flms import PHOTO_DIR
+
+        return folder / PHOTO_DIR
     return folder / "images"
 
 
@@ -219,6 +230,13 @@ load_sacd = _benchmark(
     lambda folder, split, photos: read_sacd(folder, split, images=photos),
     "<name>.jpg photos under {photos} for annotations/<name>_<k>.json",
     unit="annotations",
+)
+
+load_flms = _benchmark(
+    "flms",
+    "FLMS; photos in ``images`` (default ``root/image``) as the .mat names them.",
+    lambda folder, split, photos: read_flms(folder, split, images=photos),
+    "the photos the .mat names, under {photos}",
 )
 
 
@@ -337,6 +355,7 @@ DATASETS: dict[str, Callable[..., list[Exemplar]]] = {
     "gaicd": load_gaicd,
     "fcdb": load_fcdb,
     "sacd": load_sacd,
+    "flms": load_flms,
     "jsonl": load_jsonl,
     "folder": load_folder,
     "pro": load_pro,
@@ -413,6 +432,34 @@ def read_sacd(
             out.skipped.append((MALFORMED, f"{name} (listed in {split}.json, no such file)"))
         except (OSError, UnicodeDecodeError, *_BAD_DATA) as exc:
             out.skipped.append((MALFORMED, f"{name} ({exc})"))
+    return out
+
+
+def read_flms(
+    root: PathLike, split: str | None = None, *, images: PathLike | None = None
+) -> Annotations:
+    """FLMS's records from ``500_image_dataset.mat``: every expert crop a ground truth.
+
+    FLMS is one split of 500 photos, so ``split`` is ``test`` or ``None``; photos are
+    expected as ``image/<name>`` (or under ``images``).
+    """
+    from cropper.data.flms import MAT_FILE, PHOTO_DIR, read_flms_mat
+
+    folder = Path(root).expanduser()
+    _check_split("flms", folder, split, ["test"])
+    photos = Path(images).expanduser() if images is not None else folder / PHOTO_DIR
+    out = Annotations([])
+    for entry in read_flms_mat(folder / MAT_FILE):
+        where = f"{MAT_FILE} record {entry.number}" + (f" ({entry.name})" if entry.name else "")
+        try:
+            if entry.problem:
+                raise ValueError(entry.problem)
+            crops = tuple(_pixel_box(row) for row in entry.rows)
+        except _BAD_DATA as exc:
+            out.skipped.append((MALFORMED, f"{where}: {exc}"))
+            continue
+        name = str(entry.name)
+        out.records.append(Record(name, (name,), crops, photo=photos / name))
     return out
 
 

@@ -18,8 +18,10 @@ All of them are computed per photo, then averaged over photos.
 Box metrics compare a predicted crop with the ground truth, in pixels of the original
 photo: ``iou``, and ``bde`` (boundary displacement: the mean of the four edges'
 displacements, x edges over the photo's width and y edges over its height). Against
-several ground truths (e.g. GAICD's crops tied for the highest MOS) each is the best
-one: the highest IoU and, separately, the lowest BDE.
+several ground truths (FLMS's expert crops, GAICD's crops tied for the highest MOS) both
+come from **one** of them, chosen as the public reference code (CACNet's evaluation of
+FCDB and FLMS) chooses it: the truth of highest IoU, or, when the truth of least
+displacement has that same IoU, that one (:func:`reference_truth`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from cropper.core.boxes import PixelBox, Size
 TOP_K = (1, 2, 3, 4)
 TOP_N = (5, 10)
 
+#: Two IoUs closer than this are a tie (the reference code compares them with ``==``): a tie
+#: in an annotation's integer pixels stays one after the boxes are rescaled to the photo's.
+IOU_TIE = 1e-12
 
 
 def score_keys() -> list[str]:
@@ -99,28 +104,43 @@ def iou(a: PixelBox, b: PixelBox) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def bde(predicted: PixelBox, truth: PixelBox, size: Size) -> float:
-    """Boundary displacement error: the four edges' mean displacement, as shares of the photo."""
+def displacement(predicted: PixelBox, truth: PixelBox, size: Size) -> float:
+    """The reference code's displacement: the four edges' offsets, x over width, y over height.
+
+    Summed (0 to 4), as CACNet's evaluation sums them before dividing its mean by 4.
+    """
     w, h = size
     return float(
-        (
-            abs(predicted[0] - truth[0]) / w
-            + abs(predicted[2] - truth[2]) / w
-            + abs(predicted[1] - truth[1]) / h
-            + abs(predicted[3] - truth[3]) / h
-        )
-        / 4
+        (abs(truth[0] - predicted[0]) + abs(truth[2] - predicted[2])) / w
+        + (abs(truth[1] - predicted[1]) + abs(truth[3] - predicted[3])) / h
     )
 
 
-def box_metrics(predicted: PixelBox, truths: Sequence[PixelBox], size: Size) -> dict[str, float]:
-    """``iou`` (the highest) and ``bde`` (the lowest) of ``predicted`` against ``truths``."""
+def bde(predicted: PixelBox, truth: PixelBox, size: Size) -> float:
+    """Boundary displacement error: the four edges' mean displacement, as shares of the photo."""
+    return displacement(predicted, truth, size) / 4
+
+
+def reference_truth(predicted: PixelBox, truths: Sequence[PixelBox], size: Size) -> int:
+    """The index of the one truth that ``iou`` and ``bde`` are measured against.
+
+    As the reference code: the first truth of highest IoU, unless the first truth of least
+    displacement has the same IoU (within :data:`IOU_TIE`), then that one. Note that the
+    truth of least displacement is sought among all truths, not among those tied.
+    """
     if not truths:
         raise ValueError("no ground-truth box to compare with")
-    return {
-        "iou": max(iou(predicted, t) for t in truths),
-        "bde": min(bde(predicted, t, size) for t in truths),
-    }
+    ious = [iou(predicted, t) for t in truths]
+    moves = [displacement(predicted, t, size) for t in truths]
+    by_iou = int(np.argmax(ious))  # the first of the highest, as torch.argmax
+    by_move = int(np.argmin(moves))  # the first of the least, as torch.argmin
+    return by_move if abs(ious[by_iou] - ious[by_move]) <= IOU_TIE else by_iou
+
+
+def box_metrics(predicted: PixelBox, truths: Sequence[PixelBox], size: Size) -> dict[str, float]:
+    """``iou`` and ``bde`` of ``predicted`` against one of ``truths`` (:func:`reference_truth`)."""
+    truth = truths[reference_truth(predicted, truths, size)]
+    return {"iou": iou(predicted, truth), "bde": bde(predicted, truth, size)}
 
 
 def mean_box_metrics(per_photo: Iterable[Mapping[str, float]]) -> dict[str, float]:

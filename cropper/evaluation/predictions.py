@@ -77,8 +77,9 @@ def evaluate_scores(truths: TruthSet, predictions_path: str | os.PathLike) -> di
     """
     if not truths.ranked:
         raise ConfigError(
-            f"{truths.label}: its crops carry no ratings to rank (FCDB has one crop a photo; "
-            "SACD marks its best crop only): measure boxes with eval boxes instead"
+            f"{truths.label}: its crops carry no ratings to rank (FCDB has one crop a photo, "
+            "FLMS unrated expert crops; SACD marks its best crop only): measure boxes with "
+            "eval boxes instead"
         )
 
     def measure(line: _Line) -> dict[str, float]:

@@ -3,7 +3,8 @@
 Files written (each atomically):
 
 - ``metrics.json``: the metrics, the counts and the run's settings;
-- ``report.md``: the metrics in a table beside the published numbers;
+- ``report.md``: the metrics in a table beside the published numbers measured the same
+  way (:mod:`cropper.evaluation.protocol`), each row naming its protocol;
 - ``iou_hist.png``: a histogram of the per-photo IoU;
 - ``gallery_best.png`` / ``gallery_worst.png``: the photos with the highest and lowest
   IoU, the true crops drawn in green and the predicted crop in red.
@@ -23,7 +24,9 @@ from PIL import Image, ImageDraw
 from cropper.core.boxes import Box
 from cropper.core.errors import ImageError
 from cropper.core.fileio import save_image, write_text
+from cropper.evaluation import protocol
 from cropper.evaluation.harness import PhotoScore
+from cropper.evaluation.protocol import BOX_RULE
 from cropper.views import drawing
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,28 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
         "Cropper, Gemini 1.5 Pro (paper)": {"iou": 0.769, "bde": 0.0372},
         "SAC-Net (trained)": {"iou": 0.767, "bde": 0.0491},
     },
+    "flms": {
+        "CACNet (trained)": {"iou": 0.854, "bde": 0.033},
+        "a fine-tuned 7B VLM (2026)": {"iou": 0.871},
+    },
+}
+
+#: How the published numbers of each dataset were measured (see protocol.py): GAICD's by
+#: scoring every annotated crop with the method's own model; the box metrics on FCDB and
+#: SACD (one ground truth a photo, so the rule for several does not matter) and on FLMS
+#: (CACNet's reference code, whose rule cropper follows).
+PUBLISHED_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "gaicd": {"task": "free", "ranking": "scorer"},
+    "fcdb": {"task": "aspect", "box_metrics": BOX_RULE},
+    "sacd": {"task": "subject", "box_metrics": BOX_RULE},
+    "flms": {"task": "free", "box_metrics": BOX_RULE},
+}
+
+#: The photos the published numbers were measured over: the split and its size.
+PUBLISHED_SPLITS: dict[str, tuple[str, int]] = {
+    "gaicd": ("test", 200),
+    "fcdb": ("test", 345),
+    "flms": ("all", 500),
 }
 
 #: Metrics printed as percentages (the papers' convention); the rest as they are.
@@ -85,9 +110,16 @@ def write_report(
 
 
 def markdown_table(summary: Mapping[str, float], settings: Mapping[str, Any]) -> str:
-    """The run's metrics beside each published method's, with the run's settings above."""
+    """The run's metrics beside each published method's, with the run's settings above.
+
+    A published figure stands beside the run's only when it was measured by the same
+    protocol; the others are named below the table, with the reason. Each row says the
+    protocol the run's figure was measured by.
+    """
     dataset = str(settings.get("dataset", ""))
     published = PUBLISHED.get(dataset, {})
+    theirs = PUBLISHED_PROTOCOLS.get(dataset)
+    ours = settings.get("protocol")
     split = settings.get("split") or "all photos"
     lines = [f"# {settings.get('method', 'cropper')} on {dataset} ({split})", ""]
     lines += [
@@ -96,12 +128,34 @@ def markdown_table(summary: Mapping[str, float], settings: Mapping[str, Any]) ->
         if key not in ("dataset", "split")
     ]
     lines += ["", "Acc and wAcc in percent. Protocol: see `cropper eval crop --help`.", ""]
-    header = ["metric", "this run", *published]
+    header = ["metric", "protocol", "this run", *published]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    withheld: list[str] = []
     for key, value in summary.items():
-        cells = [key, _fmt(key, value)]
-        cells += [_fmt(key, table.get(key), given_percent=True) for table in published.values()]
+        cells = [key, protocol.label(ours, key), format_metric(key, value)]
+        comparable = protocol.same(ours, theirs, key)
+        for method, table in published.items():
+            if key in table and not comparable:
+                withheld.append(f"{method} {key} ({protocol.label(theirs, key)})")
+            shown = table.get(key) if comparable else None
+            cells.append(format_metric(key, shown, given_percent=True))
         lines.append("| " + " | ".join(cells) + " |")
+    if withheld:
+        lines += [
+            "",
+            "Not set beside this run, as measured by another protocol: " + "; ".join(withheld)
+            + ".",
+        ]  # fmt: skip
+    where = PUBLISHED_SPLITS.get(dataset)
+    measured = settings.get("measured")
+    if published and where and measured is not None and measured != where[1]:
+        lines += [
+            "",
+            f"The published figures are over {dataset}'s {where[0]} photos ({where[1]}); this "
+            f"run measured {measured} ({split}), so even figures of one protocol are not the "
+            "same measurement.",
+        ]
+    lines += ["", "Protocols (task · rule):", *protocol.legend([ours, theirs])]
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +165,8 @@ def _setting(value: Any) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
-def _fmt(key: str, value: float | None, *, given_percent: bool = False) -> str:
+def format_metric(key: str, value: float | None, *, given_percent: bool = False) -> str:
+    """``value`` as reports print ``key``: Acc and wAcc in percent, BDE to 4 places."""
     if value is None:
         return ""
     if key.startswith(_PERCENT_PREFIXES):

@@ -14,10 +14,12 @@ from cropper.agent.baselines import (
     CentreCrop,
     HeadGridCrop,
     SaliencyCrop,
+    SmartcropCrop,
     WholePhoto,
     make_baseline,
 )
-from cropper.agent.grid import grid_candidates, ratio_candidates
+from cropper.agent.grid import grid_candidates, largest_fitting, ratio_candidates
+from cropper.core.boxes import Box
 from cropper.core.errors import ConfigError
 from cropper.scoring.head import AestheticHead, HeadConfig
 from cropper.scoring.scorer import Scorer
@@ -72,7 +74,7 @@ def head_baseline(embedder=None) -> HeadGridCrop:
 
 
 def all_baselines() -> list:
-    return [WholePhoto(), CentreCrop(), SaliencyCrop(), head_baseline()]
+    return [WholePhoto(), CentreCrop(), SaliencyCrop(), head_baseline(), SmartcropCrop()]
 
 
 @pytest.mark.parametrize("baseline", all_baselines(), ids=lambda b: b.name)
@@ -207,9 +209,10 @@ def test_head_baseline_subject_keeps_only_crops_holding_it(photo, point):
 
 
 def test_registry_and_factory(tiny_clip):
-    assert list(BASELINES) == ["whole", "centre", "saliency", "head"]
+    assert list(BASELINES) == ["whole", "centre", "saliency", "head", "smartcrop"]
     assert isinstance(make_baseline("centre"), CentreCrop)
-    with pytest.raises(ConfigError, match="whole, centre, saliency, head"):
+    assert isinstance(make_baseline("smartcrop"), SmartcropCrop)
+    with pytest.raises(ConfigError, match="whole, centre, saliency, head, smartcrop"):
         make_baseline("random")
     head = make_baseline("head", clip=tiny_clip, head=None)
     assert isinstance(head, HeadGridCrop) and head.scorer.embedder.dim == 32
@@ -218,3 +221,67 @@ def test_registry_and_factory(tiny_clip):
     # No head: the knowledge term (CLIP's sense of good composition) stands in, not area.
     assert set(result.candidates[0].terms) == {"knowledge"}
     assert "goes to the knowledge term" in result.notes[0]
+
+
+def test_score_boxes_is_what_each_baseline_ranks_by(photo):
+    boxes = grid_candidates(photo.size)[:5]
+    # The area for the whole photo and the centre crop, as their rank_boxes says.
+    assert CentreCrop().score_boxes(photo, boxes) == pytest.approx([b.area for b in boxes])
+    # The head baseline: the head over each crop's embedding, the score its crops carry.
+    image = ramp_photo()
+    wanted = [RampEmbedder.feature(image.crop(b.to_pixels(image.size))) for b in boxes]
+    assert head_baseline().score_boxes(image, boxes) == pytest.approx(wanted, abs=1e-5)
+    # Saliency: its score ranks the box holding the salient square above one without it.
+    square, corner = Box(0.3, 0.3, 0.8, 0.8), Box(0.0, 0.0, 0.2, 0.2)
+    held, missed = SaliencyCrop().score_boxes(photo, [square, corner])
+    assert held > missed
+
+
+# -- smartcrop, the package ----------------------------------------------------------------
+
+
+def test_smartcrop_returns_the_best_window_smartcrop_itself_finds_over_the_ratios(photo):
+    baseline = SmartcropCrop()
+    result = baseline.crop(photo)
+    # smartcrop's own search, ratio by ratio, on the photo as analysed (640x480 -> 256x192).
+    small = photo.resize((256, 192), Image.Resampling.LANCZOS)
+    tops = []
+    for ratio in [640 / 480, 1.0, 3 / 4, 3 / 2, 2 / 3, 16 / 9, 9 / 16]:  # own, then common
+        width, height = largest_fitting(small.size, ratio)
+        found = baseline.engine.analyse(small, width, height)  # smartcrop's own defaults
+        tops.append(found["top_crop"])
+    best = max(tops, key=lambda c: c["score"])
+    assert result.score == pytest.approx(best["score"])
+    assert result.box.to_pixels(small.size) == (
+        best["x"], best["y"], best["x"] + best["width"], best["y"] + best["height"])  # fmt: skip
+    assert result.box.contains(*Box(420 / 640, 300 / 480, 500 / 640, 380 / 480).center)
+    assert result.candidates[0].source == "smartcrop" and "smartcrop" in result.notes[0]
+
+
+def test_smartcrop_scores_any_box_as_its_analysis_scores_its_windows(photo):
+    baseline = SmartcropCrop()
+    small = photo.resize((256, 192), Image.Resampling.LANCZOS)
+    found = baseline.engine.analyse(small, 200, 150, min_scale=0.5, num_scale_steps=6)
+    windows = found["crops"][::37]  # windows of several sizes and places
+    boxes = [Box(c["x"] / 256, c["y"] / 192, (c["x"] + c["width"]) / 256,
+                 (c["y"] + c["height"]) / 192) for c in windows]  # fmt: skip
+    assert len(boxes) > 10
+    assert baseline.score_boxes(photo, boxes) == pytest.approx([c["score"] for c in windows])
+
+
+def test_smartcrop_aspect_crops_have_the_exact_ratio(photo):
+    result = SmartcropCrop().crop(photo, "aspect", ratio="16:9")
+    left, top, right, bottom = result.box.to_pixels(photo.size)
+    assert abs((right - left) - (bottom - top) * 16 / 9) <= 1
+
+
+def test_smartcrop_without_its_extra_names_the_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "smartcrop", None)  # as if not installed
+    with pytest.raises(ConfigError) as caught:
+        make_baseline("smartcrop")
+    assert str(caught.value) == (
+        "smartcrop is needed for the smartcrop baseline but is not installed: "
+        "run pip install 'cropper[smartcrop]'"
+    )

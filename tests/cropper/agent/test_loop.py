@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cropper import ConfigError, Cropper
+from cropper.core.boxes import Box
 from cropper.core.messages import ImagePart, conversation_text
 from cropper.testing.scripted import ScriptedVLM, crops_reply
 
@@ -315,3 +316,20 @@ def test_cli_crops_with_no_vlm(gaicd_photo, tiny_clip, tiny_head_file, capsys):
     assert line["image"] == str(gaicd_photo) and line["task"] == "free"
     assert 0 <= left < right <= w and 0 <= top < bottom <= h
     assert (right - left) * (bottom - top) >= 0.45 * w * h  # a grid crop: half the photo or more
+
+
+def test_score_boxes_gives_the_scores_the_loop_ranks_candidates_by(photo):
+    boxes = [Box(0.1, 0.1, 0.9, 0.9), Box(0.0, 0.0, 0.5, 0.5), Box.whole()]
+    cropper, vlm = make(lambda conv, s: [crops((100, 100, 900, 900))] * s.n)
+    # No CLIP, no head: the area term alone, as the candidates of a crop are scored.
+    assert cropper.score_boxes(photo, boxes) == pytest.approx([0.64, 0.25, 1.0])
+    result = cropper.crop(photo)
+    assert cropper.score_boxes(photo, [result.box]) == pytest.approx([result.score])
+    calls = len(vlm.calls)
+    cropper.score_boxes(photo, boxes)
+    assert len(vlm.calls) == calls  # scoring asks the VLM nothing
+    # Without a VLM, the baseline it crops with scores: saliency, with no embedder either.
+    from cropper.agent.baselines import SaliencyCrop
+
+    alone = Cropper(vlm=None, clip=None, head=None, index=None)
+    assert alone.score_boxes(photo, boxes) == SaliencyCrop().score_boxes(photo, boxes)

@@ -21,7 +21,7 @@ def _last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("baseline", ["whole", "centre", "saliency"])
+@pytest.mark.parametrize("baseline", ["whole", "centre", "saliency", "smartcrop"])
 def test_a_baseline_run_prints_the_metrics_as_its_last_line(
     baseline: str, gaicd_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -100,3 +100,30 @@ def test_top_k_reports_the_best_iou_among_the_diverse_crops(
     assert result["iou_top_k"] >= result["iou"] - 1e-9
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["metrics"]["iou_top_k"] == pytest.approx(result["iou_top_k"])
+
+
+@pytest.mark.parametrize("ranking", ["scorer", "iou"])
+def test_the_ranking_protocol_is_chosen_recorded_and_said(
+    ranking: str, gaicd_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["eval", "crop", "--dataset", "gaicd", "--root", str(gaicd_root), "--split", "test",
+            "--baseline", "centre", "--ranking", ranking, "--out", str(tmp_path),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert f"ranking: {ranking}, " in err
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["protocol"]["ranking"] == ranking and report["ranked"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").open()]
+    # The centre baseline's own scorer is a crop's area: the scores it wrote are the areas.
+    if ranking == "scorer":
+        from cropper.evaluation.harness import eval_photos
+
+        photos = {p.name: p for p in eval_photos("gaicd", gaicd_root, "test")}
+        for line in lines:
+            areas = [c.area for c in photos[line["image"]].crops]
+            assert line["crop_scores"] == pytest.approx(areas, abs=1e-6)
+    else:
+        assert all("crop_scores" not in line for line in lines)
+    table = (tmp_path / "report.md").read_text()
+    assert (f"| acc5 | free · {ranking} |" in table) and ("84.3" in table) == (ranking == "scorer")

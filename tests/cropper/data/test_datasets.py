@@ -425,7 +425,7 @@ def test_jsonl_is_read_jsonl(tmp_path: Path) -> None:
             "nope",
             None,
             None,
-            "unknown dataset 'nope': use one of gaicd, fcdb, sacd, jsonl, folder, pro",
+            "unknown dataset 'nope': use one of gaicd, fcdb, sacd, flms, jsonl, folder, pro",
         ),
         ("gaicd", "val", None, "has no split 'val': use one of test, train"),
         ("fcdb", "val", None, "has no split 'val': use one of train, test"),
@@ -447,7 +447,7 @@ def test_bad_names_and_splits(
 
 
 def test_the_registry_names_every_loader() -> None:
-    assert sorted(DATASETS) == ["fcdb", "folder", "gaicd", "jsonl", "pro", "sacd"]
+    assert sorted(DATASETS) == ["fcdb", "flms", "folder", "gaicd", "jsonl", "pro", "sacd"]
 
 
 @pytest.mark.parametrize("name", ["gaicd", "fcdb", "sacd", "folder"])
@@ -519,6 +519,7 @@ def test_read_annotations_of_a_missing_folder(tmp_path: Path) -> None:
 def test_photo_folder_is_where_the_loaders_look(tmp_path: Path) -> None:
     assert photo_folder("gaicd", tmp_path) == tmp_path / "images"
     assert photo_folder("sacd", tmp_path) == tmp_path / "images"
+    assert photo_folder("flms", tmp_path) == tmp_path / "image"  # the official release's name
     assert photo_folder("fcdb", tmp_path) == tmp_path  # FCDB's photos may lie beside its JSON
     (tmp_path / "images").mkdir()
     assert photo_folder("fcdb", tmp_path) == tmp_path / "images"

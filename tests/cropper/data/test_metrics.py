@@ -162,15 +162,33 @@ def test_bde(pred, truth, size, expected) -> None:
     assert bde(pred, truth, size) == pytest.approx(expected)
 
 
-def test_box_metrics_take_the_best_truth_for_each_metric_separately() -> None:
+def test_box_metrics_take_both_figures_from_the_truth_of_highest_iou() -> None:
     pred = (0, 0, 10, 10)
-    wide = (0, 0, 20, 10)  # iou 0.5, bde 10/100/4 = 0.025
-    shifted = (2, 2, 12, 12)  # iou 64/136, bde 8/100/4 = 0.02
+    wide = (0, 0, 20, 10)  # iou 0.5, displacement 10/100: bde 0.025
+    shifted = (2, 2, 12, 12)  # iou 64/136, displacement 8/100: bde 0.02, the least
     got = box_metrics(pred, [wide, shifted], (100, 100))
-    assert got == {"iou": pytest.approx(0.5), "bde": pytest.approx(0.02)}
+    # One box: the widest's bde, not the least bde of another box (which read 0.02).
+    assert got == {"iou": pytest.approx(0.5), "bde": pytest.approx(0.025)}
+    assert box_metrics(pred, [shifted, wide], (100, 100)) == got  # the order does not matter
     assert box_metrics(pred, [pred], (100, 100)) == {"iou": 1.0, "bde": 0.0}
     with pytest.raises(ValueError, match="no ground-truth box"):
         box_metrics(pred, [], (100, 100))
+
+
+def test_a_tie_in_iou_goes_to_the_truth_of_least_displacement() -> None:
+    pred = (0, 0, 10, 10)
+    wide = (0, 0, 20, 10)  # iou 100/200 = 0.5, displacement 0.10
+    half = (0, 0, 5, 10)  # iou 50/100 = 0.5, displacement 0.05: tied, and closer
+    assert box_metrics(pred, [wide, half], (100, 100)) == {
+        "iou": pytest.approx(0.5),
+        "bde": pytest.approx(0.05 / 4),
+    }
+    # The least displacement is sought among all truths, as the reference code does: on a
+    # tall photo a flat box moves y edges cheaply, so it is the closest at a lower IoU;
+    # it breaks no tie, and the first of the tied boxes stands, not the closer of them.
+    flat = (0, 0, 10, 2)  # iou 0.2, displacement 8/1000
+    got = box_metrics(pred, [wide, half, flat], (100, 1000))
+    assert got == {"iou": pytest.approx(0.5), "bde": pytest.approx((10 / 100) / 4)}
 
 
 def test_mean_box_metrics() -> None:

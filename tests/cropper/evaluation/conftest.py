@@ -26,11 +26,15 @@ def layout(shared_data: Path) -> Path:
 class Scripted:
     """Crops with a rule per photo path; counts its calls; can fail on chosen photos."""
 
-    def __init__(self, choose, fail: dict[str, Exception] | None = None, stop_after=None):
+    def __init__(self, choose, fail: dict[str, Exception] | None = None, stop_after=None,
+                 score=None):  # fmt: skip
         self.choose = choose
+        self.score = score or (lambda box: box.x0)  # what it ranks boxes by
         self.fail = fail or {}
         self.stop_after = stop_after
         self.calls: list[tuple[str, str, dict]] = []
+        self.scored: list[int] = []  # how many boxes each score_boxes call was given
+        self.found = None  # the Subject a result reports, as a VLM that grounded one would
 
     def crop(self, image, task="free", *, subject=None, ratio=None):
         if self.stop_after is not None and len(self.calls) == self.stop_after:
@@ -40,7 +44,12 @@ class Scripted:
             raise self.fail[Path(image).name]
         photo = Image.new("RGB", (8, 8))
         box = self.choose(str(image))
-        return CropResult(box=box, score=0.5, task=task, photo=photo, candidates=(), rounds=())
+        return CropResult(box=box, score=0.5, task=task, photo=photo, candidates=(), rounds=(),
+                          subject=self.found)  # fmt: skip
+
+    def score_boxes(self, image, boxes, task="free"):
+        self.scored.append(len(boxes))
+        return [self.score(box) for box in boxes]
 
 
 @pytest.fixture

@@ -67,6 +67,12 @@ def test_requests_carry_the_truths_ratio_and_the_subject() -> None:
     assert photo.request("free") == {"subject": None, "ratio": None}
 
 
+def test_a_photo_without_an_annotated_subject_asks_for_none_never_the_truths_centre() -> None:
+    photo = _photo("a.jpg", [Box(0.1, 0.2, 0.6, 0.8)], size=(400, 300))
+    # The truth's centre, (0.35, 0.5), would show the method where the answer lies.
+    assert photo.request("subject") == {"subject": None, "ratio": None}
+
+
 # -- running and resuming -------------------------------------------------------------------
 
 
@@ -131,7 +137,7 @@ def test_an_unreachable_server_stops_the_run(scripted, tmp_path: Path) -> None:
 def test_predicting_a_top_crop_gives_iou_1_and_full_accuracy(shared_data: Path) -> None:
     photos = eval_photos("gaicd", shared_data / "gaicd" / "official_layout", "test")
     predictions = {p.name: {"image": p.name, "box": list(p.pixels(p.truths[0]))} for p in photos}
-    scored = score_predictions(photos, predictions, ranked=True)
+    scored = score_predictions(photos, predictions, ranking="iou")
     summary = summarize(scored, ranked=True)
     assert summary["iou"] == pytest.approx(1.0)
     assert summary["bde"] == pytest.approx(0.0, abs=1e-9)
@@ -144,7 +150,7 @@ def test_metrics_of_a_shifted_box_match_the_hand_computed_values() -> None:
     photo = _photo("a.jpg", [Box(0.0, 0.0, 0.5, 0.5)], (3.0,), size=(400, 200))
     # Truth: (0, 0, 200, 100); prediction shifted right by 100 px.
     predictions = {"a.jpg": {"box": [100, 0, 300, 100]}}
-    scored = score_predictions([photo], predictions, ranked=False)
+    scored = score_predictions([photo], predictions)
     values = scored[0].values
     assert values["iou"] == pytest.approx(100 * 100 / (2 * 200 * 100 - 100 * 100))
     assert values["bde"] == pytest.approx((100 / 400 + 100 / 400 + 0 + 0) / 4)
@@ -153,6 +159,45 @@ def test_metrics_of_a_shifted_box_match_the_hand_computed_values() -> None:
 
 def test_photos_without_a_prediction_are_left_out_and_nothing_is_an_error() -> None:
     photos = _photos(2)
-    scored = score_predictions(photos, {"p0.jpg": {"box": [40, 30, 360, 270]}}, ranked=False)
+    scored = score_predictions(photos, {"p0.jpg": {"box": [40, 30, 360, 270]}})
     assert [s.photo.name for s in scored] == ["p0.jpg"]
     assert summarize(scored, ranked=False)["iou"] == pytest.approx(1.0)
+
+
+def _six(size=(600, 100)) -> EvalPhoto:
+    """Six side-by-side crops of MOS 6 down to 1, on a 600x100 photo."""
+    crops = [Box(i / 6, 0.0, (i + 1) / 6, 1.0) for i in range(6)]
+    return _photo("six.jpg", crops, (6.0, 5.0, 4.0, 3.0, 2.0, 1.0), size=size)
+
+
+def test_the_two_rankings_measure_the_same_line_differently() -> None:
+    photo = _six()
+    # The predicted crop is the best one (MOS 6); the method's own scores rank it last.
+    line = {"box": [0, 0, 100, 100], "crop_scores": [0.1, 0.9, 0.8, 0.2, 0.3, 0.95]}
+    by_iou = score_predictions([photo], {"six.jpg": line}, ranking="iou")[0].values
+    by_scorer = score_predictions([photo], {"six.jpg": line}, ranking="scorer")[0].values
+    # IoU rank: the predicted crop has IoU 1, every other crop 0: MOS 6 comes first.
+    assert by_iou["acc1_5"] == 1.0
+    # Scorer rank: MOS 1, 5, 4, 2, 3, 6 in that order. The 5th best MOS is 2, so the top
+    # 1..4 hold 0, 1, 2 and 3 hits: Acc 0, 1/2, 2/3, 3/4.
+    assert [by_scorer[f"acc{k}_5"] for k in (1, 2, 3, 4)] == pytest.approx([0, 1 / 2, 2 / 3, 3 / 4])
+    # Spearman by hand: score ranks 1 5 4 2 3 6 against MOS ranks 6 5 4 3 2 1, sum d^2 52.
+    assert by_scorer["srcc"] == pytest.approx(1 - 6 * 52 / (6 * 35))
+    assert by_iou["iou"] == by_scorer["iou"] == 1.0  # the box metrics do not change
+
+
+def test_a_line_without_crop_scores_is_measured_but_not_ranked_by_the_scorer() -> None:
+    photo = _six()
+    scored = score_predictions([photo], {"six.jpg": {"box": [0, 0, 100, 100]}}, ranking="scorer")
+    assert "srcc" not in scored[0].values and scored[0].values["iou"] == 1.0
+    short = {"box": [0, 0, 100, 100], "crop_scores": [0.5, 0.4]}  # not one a crop
+    assert "srcc" not in score_predictions([photo], {"six.jpg": short}, ranking="scorer")[0].values
+
+
+def test_a_run_writes_the_methods_score_of_each_annotated_crop(scripted, tmp_path: Path) -> None:
+    method = scripted(lambda _: Box.whole())
+    outcome = run_split(method, [_six()], "free", tmp_path, progress=False, score_crops=True)
+    assert outcome.cropped == 1
+    line = json.loads((tmp_path / PREDICTIONS).read_text())
+    # The scripted method scores a box by its left edge: annotation order is kept.
+    assert line["crop_scores"] == pytest.approx([i / 6 for i in range(6)], abs=1e-6)
