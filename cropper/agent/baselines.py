@@ -40,6 +40,7 @@ from cropper.agent.result import Candidate, CropResult
 from cropper.core.boxes import Box, fit_aspect
 from cropper.core.errors import ConfigError, MissingDependencyError
 from cropper.core.images import ImageInput, load_image
+from cropper.core.photos import Photo
 from cropper.core.tasks import TASKS, Ratio, Subject, check_request, subject_from_spec
 from cropper.scoring.saliency import (
     CUT_WEIGHT,
@@ -86,6 +87,7 @@ class Baseline:
         keep: Sequence[Box] = (),
         avoid: Sequence[Box] = (),
         faces: Sequence[Box] = (),
+        reference: Photo | None = None,
     ) -> CropResult:
         """Crop one photo; the arguments and their errors are those of ``Cropper.crop``.
 
@@ -93,12 +95,15 @@ class Baseline:
         subject or keep region left out, a face cut) are left out; when none is left, the
         best one is repaired. ``faces`` are the photo's, found by the caller. With regions
         to ``avoid``, the share of them a candidate holds is taken off its score.
+        ``reference``: ``image`` is a smaller copy of this photo (see
+        :class:`cropper.core.photos.Photo`); crops are ranked on the copy and cut from it.
         """
         task, ratio_ = check_request(task, subject=subject, ratio=ratio)
         photo = load_image(image, allow_urls=allow_urls)
-        subject_ = _subject(subject, photo) if task == "subject" else None
+        ref = reference or Photo.of(photo)
+        subject_ = _subject(subject, photo, ref.size) if task == "subject" else None
         constraints = Constraints(
-            photo.size,
+            ref.size,
             min_side,
             subject_,
             ratio_.value if ratio_ else None,
@@ -107,6 +112,9 @@ class Baseline:
         )
         constraints.check_keep()
         ranked = _avoiding(self.rank(photo, task, subject_, ratio_), avoid)
+        if ratio_ is not None and ref.size != photo.size:
+            # Ranked on the copy: each crop snapped to the exact ratio in the photo's pixels.
+            ranked = [(fit_aspect(b, ratio_.value, ref.size), s, t) for b, s, t in ranked]
         notes = list(self.notes(task))
         valid = [r for r in ranked if not constraints.check(r[0])]
         if valid:
@@ -136,7 +144,7 @@ class Baseline:
             box=best.box,
             score=best.score,
             task=task,
-            photo=photo,
+            photo=ref,
             candidates=tuple(candidates),
             rounds=(),
             subject=subject_,
@@ -466,9 +474,9 @@ def make_baseline(name: str, *, clip: Any = DEFAULT, head: Any = DEFAULT) -> Bas
     return BASELINES[name].build(clip=clip, head=head)
 
 
-def _subject(spec: Any, photo: Image.Image) -> Subject:
-    """The subject as given; without a VLM, the most salient point when none is given."""
-    found = subject_from_spec(spec, photo.size)
+def _subject(spec: Any, photo: Image.Image, size: tuple[int, int]) -> Subject:
+    """The subject as given (a mask of the photo's ``size``); else the most salient point."""
+    found = subject_from_spec(spec, size)
     if isinstance(found, Subject):
         return found
     if isinstance(found, str):

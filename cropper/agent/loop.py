@@ -56,7 +56,8 @@ from cropper.core.boxes import Box, fit_aspect
 from cropper.core.errors import ConfigError, CropperError, WeightsNotFoundError
 from cropper.core.fetch import is_url, show_url
 from cropper.core.images import ImageInput, load_image
-from cropper.core.messages import Conversation
+from cropper.core.messages import Conversation, released
+from cropper.core.photos import Photo
 from cropper.core.tasks import Ratio, Subject, subject_from_spec
 from cropper.scoring.knowledge import KNOWLEDGE_DIR
 from cropper.scoring.saliency import saliency_map
@@ -423,7 +424,7 @@ class Cropper:
     ) -> CropResult | RatioCrops:
         """Each ratio's crop by the baseline; the photo is loaded and its faces found once."""
         assert self._no_vlm is not None
-        photo = load_image(image, allow_urls=cfg.allow_urls)
+        ref, photo = Photo.open(image, _working_side(cfg), allow_urls=cfg.allow_urls)
         faces = self._find_faces(photo, request)
         results = {}
         saliency = None  # for the focus of a crop without a subject, made once
@@ -434,6 +435,7 @@ class Cropper:
                 subject=request.subject,
                 ratio=ratio_,
                 min_side=cfg.min_side,
+                reference=ref,
                 keep=request.keep,
                 avoid=request.avoid,
                 faces=faces or (),
@@ -483,8 +485,6 @@ class Cropper:
                     f"the {right - left}x{bottom - top} px crop is upscaled to "
                     f"{output_size[0]}x{output_size[1]} for size {request.size}"
                 )
-        if result.subject is None and saliency is None:
-            saliency = saliency_map(result.photo)
         focus = focus_point(
             result.box, subject=result.subject, faces=faces or (), saliency=saliency
         )
@@ -531,14 +531,20 @@ class Cropper:
         round-k prompts go to the VLM in one call, their crops to one scoring pass.
         """
         task = request.task
-        photo = load_image(image, allow_urls=cfg.allow_urls)
+        # A copy as large as the prompts and scores need; full resolution only when saved.
+        ref, photo = Photo.open(image, _working_side(cfg), allow_urls=cfg.allow_urls)
         loaded.append(photo)
         budget = budget_from_spec(cfg.pixel_budget)
-        query = PromptPhoto(fit_to_budget(photo, budget, cfg.query_side), key=_name(image))
+        side = _working_side(cfg)
+        query = PromptPhoto(
+            fit_to_budget(photo, budget, cfg.query_side),
+            key=_name(image),
+            make=lambda: fit_to_budget(ref.load_pixels(side), budget, cfg.query_side),
+        )
         notes: list[str] = []  # the result's own, beside its rounds'
         fallbacks: list[str] = []
-        if within_aspect(photo.size) != photo.size:
-            w, h = photo.size
+        if within_aspect(ref.size) != ref.size:
+            w, h = ref.size
             notes.append(
                 f"the photo is {w}x{h}, too long and thin for a VLM's image processor: it was "
                 f"sent stretched across to {query.size[0]}x{query.size[1]} (boxes are relative, "
@@ -546,7 +552,7 @@ class Cropper:
             )
         subject_ = None
         if task == "subject":
-            subject_ = yield from self._find_subject(request.subject, photo, query, cfg, trace)
+            subject_ = yield from self._find_subject(request.subject, ref.size, query, cfg, trace)
             if subject_.source == "fallback":
                 fallbacks.append(
                     "the photo's centre as the subject, as the VLM gave no subject box"
@@ -563,7 +569,9 @@ class Cropper:
         scoring = self.scorer.scoring_note(task)
         if scoring:
             notes.append(scoring)
-        shared = _Shared(photo, query, subject_, embedding, faces or (), notes, fallbacks, image)
+        shared = _Shared(
+            ref, photo, query, subject_, embedding, faces or (), notes, fallbacks, image
+        )
         if len(ratios) == 1:
             results = [
                 (yield from self._ratio_steps(shared, request, ratios[0], exemplars[0], cfg, trace))
@@ -605,7 +613,7 @@ class Cropper:
             if composition is None:
                 fallbacks.append("no composition rule, as the VLM named no known composition")
         constraints = Constraints(
-            photo.size,
+            shared.ref.size,  # whole pixels of the photo, as the crop is cut
             cfg.min_side,
             subject_,
             ratio_.value if ratio_ else None,
@@ -633,7 +641,7 @@ class Cropper:
                 task,
                 stage,
                 coords=cfg.coords,
-                candidates=self._feedback(photo, feedback, cfg),
+                candidates=self._feedback(shared, feedback, cfg),
                 **variables,
             )
             try:
@@ -689,9 +697,10 @@ class Cropper:
             box=best.box,
             score=best.score,
             task=task,
-            photo=photo,
+            photo=shared.ref,
             candidates=tuple(all_candidates),
-            rounds=tuple(trace),
+            # The prompts without the pixels of this photo's copies: made again when shown.
+            rounds=tuple(dataclasses.replace(r, prompt=released(r.prompt)) for r in trace),
             subject=subject_,
             ratio=ratio_,
             source=_name(image) or None,
@@ -817,18 +826,20 @@ class Cropper:
         return [constraints.repair(Box.whole()).box], "the whole photo", None
 
     def _feedback(
-        self, photo: Any, candidates: list[Candidate], cfg: CropConfig
+        self, shared: _Shared, candidates: list[Candidate], cfg: CropConfig
     ) -> list[dict[str, Any]]:
         """The previous round's crops as the refine prompt shows them."""
+        budget, side = budget_from_spec(cfg.pixel_budget), _working_side(cfg)
+
+        def crop_of(photo: Any, box: Box) -> Any:
+            region = box.to_pixels(photo.size)
+            return fit_to_budget(photo, budget, cfg.candidate_side, region=region)
+
         return [
             {
                 "photo": PromptPhoto(
-                    fit_to_budget(
-                        photo,
-                        budget_from_spec(cfg.pixel_budget),
-                        cfg.candidate_side,
-                        region=c.box.to_pixels(photo.size),
-                    )
+                    crop_of(shared.photo, c.box),
+                    make=lambda box=c.box: crop_of(shared.ref.load_pixels(side), box),
                 ),
                 "box": c.box,
                 "score": c.score,
@@ -838,10 +849,15 @@ class Cropper:
         ]
 
     def _find_subject(
-        self, spec: Any, photo: Any, query: PromptPhoto, cfg: CropConfig, trace: list[Round]
+        self,
+        spec: Any,
+        size: tuple[int, int],
+        query: PromptPhoto,
+        cfg: CropConfig,
+        trace: list[Round],
     ) -> Generator[Generate, Any, Subject]:
-        """The subject as given, or found by asking the VLM to ground it."""
-        found = subject_from_spec(spec, photo.size)
+        """The subject as given (a mask of the photo's ``size``), or found by the VLM."""
+        found = subject_from_spec(spec, size)
         if isinstance(found, Subject):
             return found
         text = found  # a phrase, or None for the main subject
@@ -988,7 +1004,8 @@ class Proposal:
 class _Shared:
     """What a photo's requests share, found once: photo, subject, faces, embedding."""
 
-    photo: Any
+    ref: Photo  # the photo by reference: its full size, full pixels when saved
+    photo: Any  # the working copy the prompts and scores are made from
     query: PromptPhoto
     subject: Subject | None
     embedding: np.ndarray | None
@@ -1028,6 +1045,16 @@ def _candidates(
         )
         for b, s, repair, share in zip(boxes, scores, repairs, held, strict=True)
     )
+
+
+#: The least longer side of the copy of a photo the loop works from (prompts, scoring,
+#: saliency, faces): past the query's side and CLIP's input, so a crop of a tenth of the
+#: photo still has some 100 px for the embedder.
+WORKING_SIDE = 1024
+
+
+def _working_side(cfg: CropConfig) -> int:
+    return max(WORKING_SIDE, cfg.query_side)
 
 
 def check_face_detector() -> None:

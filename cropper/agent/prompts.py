@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ class PromptPhoto:
 
     image: Image.Image = field(repr=False)
     key: str = ""
+    # Makes the same image again, so a result need not hold it (see ImagePart.released).
+    make: Callable[[], Image.Image] | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> Size:
@@ -210,7 +213,7 @@ def _split(text: str, images: list[PromptPhoto]) -> Conversation:
             role = value
         else:
             photo = images[int(value)]
-            parts.append(ImagePart(photo.image, key=photo.key))
+            parts.append(ImagePart(photo.image, key=photo.key, make=photo.make))
     flush_text(text[pos:])
     flush_message()
     return messages

@@ -11,6 +11,7 @@ from PIL import Image
 
 from cropper.core.boxes import Box, Size
 from cropper.core.messages import Conversation, conversation_text
+from cropper.core.photos import Photo
 from cropper.core.tasks import Ratio, Subject
 
 
@@ -58,7 +59,9 @@ class CropResult:
     box: Box
     score: float
     task: str
-    photo: Image.Image = field(repr=False)
+    # The photo by reference (a path, the caller's own image): its size, and full pixels
+    # when the crop is made (a PIL image given here is taken as the photo itself).
+    photo: Photo = field(repr=False)
     candidates: tuple[Candidate, ...] = field(repr=False)
     rounds: tuple[Round, ...] = field(repr=False)
     subject: Subject | None = None
@@ -81,6 +84,10 @@ class CropResult:
     avoid: tuple[Box, ...] = ()  # the regions it avoided
     output_size: Size | None = None  # the (w, h) :attr:`image` is resized to; None: as cut
 
+    def __post_init__(self) -> None:
+        if isinstance(self.photo, Image.Image):
+            object.__setattr__(self, "photo", Photo.of(self.photo))
+
     @property
     def size(self) -> Size:
         """The photo's ``(w, h)``, EXIF-corrected."""
@@ -93,13 +100,12 @@ class CropResult:
 
     @property
     def image(self) -> Image.Image:
-        """The cropped photo, at :attr:`output_size` when the request gave a size.
+        """The cropped photo at full resolution, or at :attr:`output_size` when one was asked.
 
-        Resized in one step from the photo's own pixels, with Lanczos resampling.
+        Made when asked, from the photo's own pixels (resized in one step, Lanczos); the
+        result holds no pixels of its own.
         """
-        if self.output_size is None:
-            return self.photo.crop(self.pixels)
-        return self.photo.resize(self.output_size, Image.Resampling.LANCZOS, box=self.pixels)
+        return self.photo.crop(self.pixels, self.output_size)
 
     def draw(
         self,
@@ -169,6 +175,10 @@ class CropResult:
         """The crops of :attr:`top`, best first."""
         return [self.photo.crop(c.box.to_pixels(self.size)) for c in self.top]
 
+    def preview(self, max_side: int | None = 1024) -> Image.Image:
+        """The photo decoded at least ``max_side`` on its longer side (None: all of it)."""
+        return self.photo.load_pixels(max_side)
+
 
 @dataclass(frozen=True)
 class RatioCrops(Mapping[str, CropResult]):
@@ -202,7 +212,7 @@ class RatioCrops(Mapping[str, CropResult]):
         return "aspect"
 
     @property
-    def photo(self) -> Image.Image:
+    def photo(self) -> Photo:
         return next(iter(self.crops.values())).photo
 
     @property

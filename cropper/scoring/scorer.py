@@ -9,9 +9,10 @@ with a one-time warning; the rest are re-weighted.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -282,13 +283,15 @@ class Scorer:
             return crops_of, whole_of
         assert self.embedder is not None
         dim = self.embedder.dim
-        images: list[Image.Image] = []
+        # What to embed, as ways to make each image: crops are cut a batch at a time, so a
+        # chunk of large photos never holds all its crops at once.
+        images: list[Callable[[], Image.Image]] = []
         spans: list[tuple[int, int, int]] = []  # item, first crop row, whole's row or -1
         for i, (image, boxes, _, given) in enumerate(items):
             if not needs[i]:
                 continue
             first = len(images)
-            images += [scoring_crop(image, box) for box in boxes]
+            images += [functools.partial(scoring_crop, image, box) for box in boxes]
             whole_row = -1
             if wants_whole[i] and given is not None:
                 whole = np.asarray(given, dtype=np.float64).reshape(-1)
@@ -300,9 +303,16 @@ class Scorer:
                 whole_of[i] = unit_rows(whole[None])[0]
             elif wants_whole[i]:
                 whole_row = len(images)
-                images.append(image)
+                images.append(functools.partial(_itself, image))
             spans.append((i, first, whole_row))
-        out = np.asarray(self.embedder.embed(images), dtype=np.float64)
+        batch = max(1, int(getattr(self.embedder, "batch_size", EMBED_BATCH)))
+        parts = [
+            np.asarray(
+                self.embedder.embed([make() for make in images[at : at + batch]]), dtype=np.float64
+            )
+            for at in range(0, len(images), batch)
+        ]
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if out.shape != (len(images), dim):
             raise ConfigError(
                 f"embedder {self.embedder.name!r} returned shape {out.shape} for {len(images)} "
@@ -314,6 +324,14 @@ class Scorer:
             if whole_row >= 0:
                 whole_of[i] = out[whole_row]
         return crops_of, whole_of
+
+
+#: Crops cut and embedded at a time when the embedder does not say its batch size.
+EMBED_BATCH = 32
+
+
+def _itself(image: Image.Image) -> Image.Image:
+    return image
 
 
 #: The longest side a crop is embedded from: several times any embedder's input (224 to

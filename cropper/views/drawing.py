@@ -66,7 +66,7 @@ def draw_result(
     candidates to those rounds (the chosen crop is always drawn); ``max_side`` bounds the
     picture (None: full size); ``legend`` adds a strip naming the colours.
     """
-    photo = _fitted(result.photo, max_side)
+    photo = _fitted(result.preview(max_side), max_side)
     wanted = None if rounds is None else set(rounds)
     pen = max(1, round(max(photo.size) / 300))
     font = _font(max(10, round(max(photo.size) / 45)))
@@ -100,7 +100,7 @@ def draw_ratio_crops(
     The protected faces, the regions to keep and avoid, and each crop's focus are marked.
     """
     first = next(iter(crops.values()))
-    photo = _fitted(first.photo, max_side)
+    photo = _fitted(first.preview(max_side), max_side)
     pen = max(1, round(max(photo.size) / 300))
     font = _font(max(10, round(max(photo.size) / 45)))
     draw = ImageDraw.Draw(photo)

@@ -22,7 +22,7 @@ from cropper.agent.grid import grid_candidates, largest_fitting, ratio_candidate
 from cropper.core.boxes import Box
 from cropper.core.errors import ConfigError
 from cropper.scoring.head import AestheticHead, HeadConfig
-from cropper.scoring.scorer import Scorer
+from cropper.scoring.scorer import EMBED_BATCH, Scorer
 from cropper.testing.synthetic import salient_square
 
 
@@ -180,7 +180,8 @@ def test_head_baseline_picks_the_crop_the_head_likes_best_in_one_embed():
     embedder = RampEmbedder()
     result = head_baseline(embedder).crop(image)
     grid = grid_candidates(image.size)
-    assert embedder.batches == [len(grid)]  # one batched call for every candidate
+    # One pass over every candidate, its crops cut a batch at a time (scorer.EMBED_BATCH).
+    assert sum(embedder.batches) == len(grid) and max(embedder.batches) <= EMBED_BATCH
     wanted = [RampEmbedder.feature(image.crop(b.to_pixels(image.size))) for b in grid]
     order = np.argsort(wanted)[::-1]
     assert wanted[order[0]] - wanted[order[1]] > 1e-4  # the winner is unambiguous
