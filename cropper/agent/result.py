@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,8 +277,6 @@ class RatioCrops(Mapping[str, CropResult]):
 
 def ratio_file_tag(text: str) -> str:
     """A ratio as written (``"16:9"``) as it goes in a file name (``16x9``)."""
-    import re
-
     return re.sub(r"[^0-9A-Za-z.]+", "x", text.strip()).strip("x") or "ratio"
 
 
