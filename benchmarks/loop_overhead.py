@@ -9,6 +9,10 @@ rendering, payload encoding (server backend), parsing and scoring.
 
     python benchmarks/loop_overhead.py --quick            # a few minutes on 2 CPU cores
     python benchmarks/loop_overhead.py --backend server   # through the HTTP backend
+    python benchmarks/loop_overhead.py --quick --clip tiny  # the toy CLIP: the rest alone
+
+The stand-in VLM writes the R crops a round asks for (the JSON schema's ``maxItems``),
+as a model constrained to the schema does, so scoring is counted in full.
 
 The last line printed is a JSON object.
 """
@@ -16,6 +20,7 @@ The last line printed is a JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -31,7 +36,7 @@ from cropper import Cropper
 from cropper.scoring.head import random_head, save_head
 from cropper.testing.openai_server import OpenAICompatibleServer
 from cropper.testing.synthetic import synthetic_photo
-from cropper.testing.tiny_clip import build_random_clip
+from cropper.testing.tiny_clip import build_random_clip, build_tiny_clip
 from cropper.vlm.base import VLM
 from retrieval import ClipEmbedder, ExemplarIndex, read_jsonl
 
@@ -52,22 +57,102 @@ def timed(owner, name: str, key: str) -> None:
     setattr(owner, name, wrapper)
 
 
+#: Crops a reply holds when a request carries no JSON schema: the paper's R.
+DEFAULT_CROPS = 6
+
+
+def crops_asked(schema: dict | None) -> int:
+    """The crops a reply may hold: the schema's ``maxItems`` (R), else :data:`DEFAULT_CROPS`."""
+    try:
+        return int(schema["properties"]["crops"]["maxItems"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return DEFAULT_CROPS
+
+
+def full_reply(schema: dict | None, rng: random.Random) -> str:
+    """A reply with as many valid crops as the schema allows, inside its number bounds.
+
+    A model asked for R crops writes R of them, so scoring is counted in full: each box
+    spans 30-70% of the range on each axis, at a random place, so boxes differ.
+    """
+    try:
+        number = schema["properties"]["crops"]["items"]["items"]  # type: ignore[index]
+        lo, hi = float(number.get("minimum", 0)), float(number.get("maximum", 1000))
+        integer = number.get("type") == "integer"
+    except (KeyError, TypeError):
+        lo, hi, integer = 0.0, 1000.0, True
+    span = hi - lo
+    crops = []
+    for _ in range(crops_asked(schema)):
+        box = []
+        for _axis in range(2):
+            size = span * rng.uniform(0.3, 0.7)
+            start = lo + rng.uniform(0, span - size)
+            box.append((start, start + size))
+        x0, x1 = box[0]
+        y0, y1 = box[1]
+        values = [x0, y0, x1, y1]
+        crops.append([int(v) for v in values] if integer else [round(v, 4) for v in values])
+    return json.dumps({"crops": crops})
+
+
+_REPLIES = itertools.count()
+
+
+def full_responder(request: dict) -> list[str]:
+    """The test server's responder writing R crops a reply (``OpenAICompatibleServer``).
+
+    ``cropper.testing.openai_server.default_responder`` writes a random 1 to R crops a
+    reply (R/2 on average), which undercounts scoring; this one writes R.
+    """
+    schema = None
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt["json_schema"]["schema"]
+    elif isinstance(request.get("structured_outputs"), dict):
+        schema = request["structured_outputs"].get("json")
+    rng = random.Random(next(_REPLIES))
+    return [full_reply(schema, rng) for _ in range(request.get("n", 1))]
+
+
 class InstantVLM(VLM):
-    """Answers at once with ``n`` replies of valid random crops (the model's time is zero)."""
+    """Answers at once, each reply holding the R crops asked for (the model's time is zero).
+
+    R is the schema's ``maxItems``, as a model constrained to the schema writes; the
+    boxes differ from call to call, so every round's crops are scored.
+    """
 
     name = "instant"
 
+    def __init__(self) -> None:
+        self._calls = itertools.count()
+
     def generate(self, conversations, sampling):
-        rng = random.Random(0)
+        rng = random.Random(next(self._calls))
+        return [
+            [full_reply(sampling.json_schema, rng) for _ in range(sampling.n)]
+            for _ in conversations
+        ]
 
-        def reply() -> str:
-            crops = []
-            for _ in range(sampling.n):
-                x0, y0 = rng.randint(0, 400), rng.randint(0, 400)
-                crops.append([x0, y0, x0 + rng.randint(300, 600), y0 + rng.randint(300, 600)])
-            return json.dumps({"crops": crops})
 
-        return [[reply() for _ in range(sampling.n)] for _ in conversations]
+def count_clip_images(clip: ClipEmbedder) -> list[int]:
+    """Count the images ``clip`` embeds, whichever of its methods is called: ``[count]``.
+
+    Every path (``embed``, ``embed_pixels``) ends in the model's ``encode_image``.
+    """
+    model = clip._model  # a benchmark looks inside
+    if hasattr(model, "images_counted"):  # wrapped already: the same counter
+        return model.images_counted
+    counter = [0]
+    model.images_counted = counter
+    encode = model.encode_image
+
+    def counted(pixels, *args, **kwargs):
+        counter[0] += int(pixels.shape[0])
+        return encode(pixels, *args, **kwargs)
+
+    model.encode_image = counted
+    return counter
 
 
 def build_bank(root: Path, clip: ClipEmbedder, count: int) -> Path:
@@ -92,7 +177,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer photos and a smaller bank")
     parser.add_argument(
-        "--clip", default="ViT-B-32", help="open_clip architecture (random weights)"
+        "--clip",
+        default="ViT-B-32",
+        help="open_clip architecture (random weights), or 'tiny' for the 32-px toy",
     )
     parser.add_argument("--backend", choices=["instant", "server"], default="instant")
     parser.add_argument("--photos", type=int, default=None)
@@ -104,8 +191,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        clip_spec = build_random_clip(root / "clip", args.clip)
+        clip_spec = (
+            build_tiny_clip(root / "clip")
+            if args.clip == "tiny"
+            else build_random_clip(root / "clip", args.clip)
+        )
         clip = ClipEmbedder(clip_spec)
+        images = count_clip_images(clip)
         head = save_head(random_head(clip.dim, embedder=clip_spec), root / "head.safetensors")
         bank = build_bank(root, clip, bank_size)
         queries = []
@@ -114,7 +206,11 @@ def main() -> None:
             synthetic_photo(i).save(path, quality=90)
             queries.append(path)
 
-        srv = OpenAICompatibleServer().start() if args.backend == "server" else None
+        srv = (
+            OpenAICompatibleServer(responder=full_responder).start()
+            if args.backend == "server"
+            else None
+        )
         vlm = server_backend.OpenAIServerVLM(srv.url) if srv else InstantVLM()
         c = Cropper(vlm=vlm, clip=clip, head=head, index=bank)  # paper defaults: S=30, R=6, L=2
         timed(vlm, "generate", "vlm_call")
@@ -133,6 +229,7 @@ def main() -> None:
         c.crop(queries[0], task=args.task, **kwargs)  # warm-up: exemplar photos enter the cache
         warm = dict(TIMES)
         TIMES.clear()
+        images[0] = 0
         start = time.perf_counter()
         for path in queries[1:]:
             result = c.crop(path, task=args.task, **kwargs)
@@ -142,13 +239,14 @@ def main() -> None:
 
     per_photo = {k: round(v / n_photos, 5) for k, v in TIMES.items()}
     vlm_calls = len(result.rounds)
+    crops_scored = sum(len(r.candidates) for r in result.rounds)
     # The library's own time: everything but the model call, plus the payload it builds.
     overhead = wall - per_photo.get("vlm_call", 0.0) + per_photo.get("payload_encoding", 0.0)
     report = {
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
         "backend": args.backend,
-        "clip": f"{args.clip} (random weights)",
+        "clip": "tiny (32 px toy)" if args.clip == "tiny" else f"{args.clip} (random weights)",
         "task": args.task,
         "bank_size": bank_size,
         "exemplars_S": c.config.exemplars,
@@ -156,6 +254,8 @@ def main() -> None:
         "refine_rounds_L": c.config.refine_rounds,
         "photos": n_photos,
         "vlm_calls_per_photo": vlm_calls,
+        "crops_scored_last_photo": crops_scored,
+        "clip_images_per_photo": round(images[0] / n_photos, 1),
         "wall_s_per_photo": round(wall, 4),
         "overhead_s_per_photo": round(overhead, 4),
         "overhead_ratio_at_1s_per_call": round(overhead / vlm_calls, 4),
