@@ -67,6 +67,7 @@ SERVER_OPTIONS = frozenset({
 #: The options of TransformersVLM (cropper.vlm.transformers_engine).
 TRANSFORMERS_OPTIONS = frozenset({
     "device", "dtype", "batch_size", "constrained", "trust_remote_code", "static_cache",
+    "prefix_cache", "prefix_cache_mb",
 })  # fmt: skip
 
 _SERVER = Backend(_server, "a server URL (http://host:8000/v1)", SERVER_OPTIONS)

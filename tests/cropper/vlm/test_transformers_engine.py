@@ -217,8 +217,12 @@ def test_constrained_batch_gives_n_valid_box_replies_each(tiny_vlm):
 
 
 @pytest.mark.slow
-def test_static_cache_gives_the_dynamic_caches_greedy_boxes(tiny_vlm, monkeypatch):
+@pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cache", "whole-prefill"])
+def test_static_cache_gives_the_dynamic_caches_greedy_boxes(tiny_vlm, monkeypatch, prefix_cache):
+    from transformers import StaticCache
+
     assert tiny_vlm.static_cache is False  # the CPU default
+    monkeypatch.setattr(tiny_vlm, "prefix_cache", prefix_cache)
     sampling = Sampling(
         n=1, temperature=0.0, max_tokens=256, json_schema=boxes_schema(6, "norm1000")
     )
@@ -230,8 +234,12 @@ def test_static_cache_gives_the_dynamic_caches_greedy_boxes(tiny_vlm, monkeypatc
     monkeypatch.setattr(tiny_vlm.model, "generate", lambda **kw: seen.append(kw) or generate(**kw))
     monkeypatch.setattr(tiny_vlm, "static_cache", True)
     static = tiny_vlm.generate(conversations, sampling)
-    assert seen[0]["cache_implementation"] == "static"
-    assert seen[0]["max_cache_len"] % STATIC_CACHE_STEP == 0
+    if prefix_cache:  # the prompts' states go in a static cache of its own
+        assert isinstance(seen[0]["cache"], StaticCache)
+        assert seen[0]["cache"].get_max_length() % STATIC_CACHE_STEP == 0
+    else:
+        assert seen[0]["cache_implementation"] == "static"
+        assert seen[0]["max_cache_len"] % STATIC_CACHE_STEP == 0
     assert static == dynamic
     for [reply] in static:
         _assert_boxes_json(reply, max_boxes=6)
