@@ -17,13 +17,19 @@ torch and open_clip are imported when an embedder is made, never at import time.
 Bank builds decode photos in worker processes: :attr:`ClipEmbedder.transform`
 (picklable, PIL image to tensor) runs there, :meth:`ClipEmbedder.embed_pixels`
 on the stacked batch here.
+
+On a CUDA GPU the forward passes run in half precision (:func:`compute_dtype`); on a CPU
+in float32. Every embedder's forward passes take :data:`FORWARD_LOCK`, one at a time in
+the process (see there why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -38,6 +44,38 @@ log = logging.getLogger(__name__)
 
 HF_HUB = "hf-hub:"
 LOCAL_DIR = "local-dir:"
+
+#: Held by every embedder's forward pass, so the process runs one at a time.
+#:
+#: torch splits each op over all the CPU cores (its intra-op pool). Two threads that embed
+#: at once (the batch lanes of :func:`cropper.agent.batching.pipelined`) would each ask for
+#: every core, twice the threads the machine has. ``torch.set_num_threads`` cannot cap one
+#: lane: it sets the whole process's pool. Taking turns gives each pass every core, which
+#: is what a per-lane cap aims at without halving a lone pass; a lane that waits here still
+#: parses, renders prompts and talks to its server meanwhile. A GPU runs one pass at a
+#: time anyway.
+FORWARD_LOCK = threading.Lock()
+
+
+def compute_dtype(device: Any) -> str:
+    """The precision an embedder on ``device`` computes in: ``"float16"`` on CUDA, else float32.
+
+    Half precision halves a GPU's time and memory for a CLIP with no change to the ranking
+    that matters here; CPUs have no fast float16 (and bfloat16 autocast ran 6x slower than
+    float32 on the development machine's CPU), so they keep float32.
+    """
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    return "float16" if kind == "cuda" else "float32"
+
+
+def forward_context(embedder: Any) -> Any:
+    """What a forward pass runs inside: no gradients and, on CUDA, float16 autocast."""
+    torch = embedder._torch
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    if compute_dtype(embedder.device) == "float16":
+        stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.float16))
+    return stack
 
 
 @runtime_checkable
@@ -123,6 +161,7 @@ class ClipEmbedder:
         self.model_name, self.pretrained = split_spec(self.name)
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = compute_dtype(self.device)  # float16 on CUDA (autocast), else float32
         self._model_name, kwargs = self._resolve(self.name)
         self._model, self._preprocess = self._create(kwargs)
         self._tokenizer: Any = None
@@ -229,7 +268,10 @@ class ClipEmbedder:
         return self._preprocess
 
     def __repr__(self) -> str:
-        return f"ClipEmbedder({self.name!r}, dim={self.dim}, device={str(self.device)!r})"
+        return (
+            f"ClipEmbedder({self.name!r}, dim={self.dim}, device={str(self.device)!r}, "
+            f"dtype={self.dtype!r})"
+        )
 
     # -- embedding -----------------------------------------------------------
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -250,11 +292,10 @@ class ClipEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self._tokenizer is None:
             self._tokenizer = self._open_clip.get_tokenizer(self._model_name)
-        torch = self._torch
         parts = []
         for i in range(0, len(texts), self.batch_size):
             tokens = self._tokenizer(texts[i : i + self.batch_size]).to(self.device)
-            with torch.no_grad():
+            with FORWARD_LOCK, forward_context(self):
                 parts.append(_unit(self._model.encode_text(tokens)))
         return np.concatenate(parts, axis=0)
 
@@ -270,8 +311,9 @@ class ClipEmbedder:
 def embed_pixel_batches(embedder: Any, pixels: Any, encode: Any) -> np.ndarray:
     """Unit float32 rows of ``encode`` over a ``(N, 3, H, W)`` ``embedder.transform`` batch.
 
-    Runs in batches of ``embedder.batch_size`` on ``embedder.device``; both embedder kinds
-    share it and differ only in ``encode``.
+    Runs in batches of ``embedder.batch_size`` on ``embedder.device``, each inside
+    :data:`FORWARD_LOCK` and :func:`forward_context`; both embedder kinds share it and differ
+    only in ``encode``.
     """
     torch = embedder._torch
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
@@ -286,7 +328,7 @@ def embed_pixel_batches(embedder: Any, pixels: Any, encode: Any) -> np.ndarray:
     for i in range(0, len(pixels), size):
         # non_blocking pays off when a DataLoader hands over pinned memory.
         batch = pixels[i : i + size].to(embedder.device, non_blocking=True)
-        with torch.no_grad():
+        with FORWARD_LOCK, forward_context(embedder):
             parts.append(_unit(encode(batch)))
     return np.concatenate(parts, axis=0)
 

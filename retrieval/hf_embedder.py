@@ -30,7 +30,15 @@ from PIL import Image
 
 from cropper.core.errors import ConfigError, MissingDependencyError, WeightsNotFoundError
 from cropper.core.weights import PICKLED_OBJECTS_ERRORS, pickled_weights_error
-from retrieval.embedder import _one_line, _rgb, _unit, embed_pixel_batches
+from retrieval.embedder import (
+    FORWARD_LOCK,
+    _one_line,
+    _rgb,
+    _unit,
+    compute_dtype,
+    embed_pixel_batches,
+    forward_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +113,7 @@ class HFVisionEmbedder:
         self.name = spec.strip()
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = compute_dtype(self.device)  # float16 on CUDA (autocast), else float32
         self._source, self._is_folder = _source(self.name)
         self._processor, self._model, missing = self._load(transformers)
         self._model.to(self.device).eval()
@@ -178,7 +187,7 @@ class HFVisionEmbedder:
         if callable(getattr(self._model, "get_image_features", None)):
             return "image_features"
         try:
-            with self._torch.no_grad():
+            with FORWARD_LOCK, forward_context(self):
                 output = self._model(pixel_values=pixels.to(self.device))
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ConfigError(
@@ -235,7 +244,7 @@ class HFVisionEmbedder:
     def __repr__(self) -> str:
         return (
             f"HFVisionEmbedder({self.name!r}, dim={self.dim}, pooling={self.pooling!r}, "
-            f"device={str(self.device)!r})"
+            f"device={str(self.device)!r}, dtype={self.dtype!r})"
         )
 
     # -- embedding -----------------------------------------------------------
@@ -282,7 +291,6 @@ class HFVisionEmbedder:
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        torch = self._torch
         config = getattr(self._model.config, "text_config", None) or self._model.config
         padding = _TEXT_PADDING.get(getattr(self._model.config, "model_type", ""), True)
         length = getattr(config, "max_position_embeddings", None)
@@ -295,7 +303,7 @@ class HFVisionEmbedder:
                 max_length=length,
                 return_tensors="pt",
             ).to(self.device)
-            with torch.no_grad():
+            with FORWARD_LOCK, forward_context(self):
                 parts.append(_unit(_pooled(self._model.get_text_features(**tokens))))
         return np.concatenate(parts, axis=0)
 

@@ -36,6 +36,7 @@ from cropper.agent.grid import (
     ratio_candidates,
     sweep_candidates,
 )
+from cropper.agent.narrowing import NARROW, SEEDS, cheap_scores, check_narrow, search
 from cropper.agent.result import Candidate, CropResult
 from cropper.core.boxes import Box, fit_aspect
 from cropper.core.errors import ConfigError, MissingDependencyError
@@ -63,6 +64,9 @@ CENTRE_SCALE = 0.8
 HEAD_WEIGHTS: dict[str, Weights] = {task: Weights(aesthetic=1) for task in TASKS}
 
 Ranked = list[tuple[Box, float, dict[str, float]]]
+
+#: The score terms that need the crops' embeddings (the rest, area, costs nothing).
+EMBEDDED_TERMS = frozenset({"aesthetic", "content", "knowledge"})
 
 
 class Baseline:
@@ -111,11 +115,12 @@ class Baseline:
             faces=tuple(faces),
         )
         constraints.check_keep()
-        ranked = _avoiding(self.rank(photo, task, subject_, ratio_), avoid)
+        found, how = self.rank_request(photo, task, subject_, ratio_, constraints, avoid)
+        ranked = _avoiding(found, avoid)
+        notes = [*self.notes(task), *how]
         if ratio_ is not None and ref.size != photo.size:
             # Ranked on the copy: each crop snapped to the exact ratio in the photo's pixels.
             ranked = [(fit_aspect(b, ratio_.value, ref.size), s, t) for b, s, t in ranked]
-        notes = list(self.notes(task))
         valid = [r for r in ranked if not constraints.check(r[0])]
         if valid:
             repairs = [""] * len(valid)
@@ -158,6 +163,22 @@ class Baseline:
     ) -> Ranked:
         """``(box, score, terms)`` for each candidate of ``photo``, in any order."""
         raise NotImplementedError
+
+    def rank_request(
+        self,
+        photo: Image.Image,
+        task: str,
+        subject: Subject | None,
+        ratio: Ratio | None,
+        constraints: Constraints,
+        avoid: Sequence[Box],
+    ) -> tuple[Ranked, list[str]]:
+        """:meth:`rank`, knowing the whole request, and notes on how this photo was ranked.
+
+        A baseline that ranks only some of its candidates (the head baseline, narrowed)
+        chooses among those ``constraints`` allow, away from the ``avoid`` regions.
+        """
+        return self.rank(photo, task, subject, ratio), []
 
     def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
         """``(box, score, terms)`` for given boxes: by area, unless a baseline knows better."""
@@ -266,21 +287,30 @@ class SaliencyCrop(Baseline):
 
 
 class HeadGridCrop(Baseline):
-    """GAICD-style grid candidates ranked by the aesthetic head alone, one embed per photo.
+    """GAICD-style grid candidates ranked by the aesthetic head alone.
 
     Candidates: free-form, GAICD's grid; aspect, the ratio's sweep; subject, grid boxes and
     the photo's own ratio's sweep, those holding the subject. ``scorer`` lends its embedder
     and head. Without either, the ranking falls back to area (the largest candidate wins).
+
+    ``narrow`` (default :data:`~cropper.agent.narrowing.NARROW`) is how many candidates are
+    embedded and ranked: a cheap first pass (saliency, composition, size) picks the first
+    ones and a search over their neighbours the rest (:mod:`cropper.agent.narrowing`); the
+    result's notes say so. ``narrow=None`` ranks every candidate (87-90 for the grid), in
+    one embedder call. Either way the crops are embedded from a copy of the photo reduced
+    as far as every candidate keeps :func:`scoring_side` pixels on its short side, so a
+    12-megapixel photo costs what a small one does.
     """
 
     name = "head"
 
-    def __init__(self, scorer: Scorer):
+    def __init__(self, scorer: Scorer, *, narrow: int | None = NARROW):
         # Without a head the aesthetic weight goes to the knowledge or content term (see
         # cropper.scoring.scorer); without an embedder, to area alone: crop by saliency instead.
         self.scorer = Scorer(
             scorer.embedder, scorer.head, weights=HEAD_WEIGHTS, knowledge=scorer.knowledge
         )
+        self.narrow = check_narrow(narrow)
         if scorer.embedder is None:
             log.warning(
                 "head baseline without an embedder: candidates are ranked by area alone, so "
@@ -298,26 +328,105 @@ class HeadGridCrop(Baseline):
         knowledge = components.make_knowledge(embedder, folder, HEAD_WEIGHTS, head_)
         return cls(Scorer(embedder, head_, knowledge=knowledge))
 
-    def rank(self, photo, task, subject, ratio) -> Ranked:
-        size = photo.size
+    def candidates(
+        self, size: tuple[int, int], subject: Subject | None, ratio: Ratio | None
+    ) -> list[Box]:
+        """The boxes this baseline chooses among for a photo of ``size``."""
         if ratio is not None:
-            boxes = ratio_candidates(size, ratio.value)
-        else:
-            # A panorama or a strip has no grid crop within GAICD's ratio limits: its own
-            # ratio's sweep stands in, so every photo gets candidates.
-            boxes = grid_candidates(size) or ratio_candidates(size, size[0] / size[1], steps=3)
-            if subject is not None:
-                own = ratio_candidates(size, size[0] / size[1], steps=3)
-                boxes = _holding(boxes + own, subject)
-        return self.rank_boxes(photo, task, boxes)
+            return ratio_candidates(size, ratio.value)
+        # A panorama or a strip has no grid crop within GAICD's ratio limits: its own
+        # ratio's sweep stands in, so every photo gets candidates.
+        boxes = grid_candidates(size) or ratio_candidates(size, size[0] / size[1], steps=3)
+        if subject is not None:
+            own = ratio_candidates(size, size[0] / size[1], steps=3)
+            boxes = _holding(boxes + own, subject)
+        return boxes
+
+    def rank(self, photo, task, subject, ratio) -> Ranked:
+        return self.rank_boxes(photo, task, self.candidates(photo.size, subject, ratio))
+
+    def rank_request(self, photo, task, subject, ratio, constraints, avoid):
+        # In the photo's own pixels (constraints.size), as the crop is cut: ``photo`` may be
+        # a smaller copy of it.
+        boxes = self.candidates(constraints.size, subject, ratio)
+        work = scoring_copy(photo, boxes, scoring_side(self.scorer.embedder))
+        embeds = bool(set(self.scorer.active_weights(task)) & EMBEDDED_TERMS)
+        if self.narrow is None or len(boxes) <= self.narrow or not embeds:
+            return self._scored(work, task, boxes), []
+        # The budget goes to crops the request allows; when none does, the best of all is
+        # repaired (Baseline.crop), so all of them are searched.
+        allowed = [b for b in boxes if not constraints.check(b)] or boxes
+        if len(allowed) <= self.narrow:
+            return self._scored(work, task, allowed), []
+        found: dict[int, tuple[float, dict[str, float]]] = {}
+
+        def rank(indices: list[int]) -> list[float]:
+            # The search climbs the score the crop is chosen by: the avoid share taken off.
+            picked = [allowed[i] for i in indices]
+            shares = avoid_shares(picked, avoid)
+            out = []
+            for i, (_, score, terms), share in zip(
+                indices, self._scored(work, task, picked), shares, strict=True
+            ):
+                found[i] = (score, terms)
+                out.append(score - float(share))
+            return out
+
+        cheap = cheap_scores(saliency_map(work), allowed) - avoid_shares(allowed, avoid)
+        search(allowed, cheap, rank, budget=self.narrow)
+        ranked = [(allowed[i], score, terms) for i, (score, terms) in found.items()]
+        kind = "grid crops" if task == "free" and ratio is None else "candidate crops"
+        seeds = min(SEEDS, self.narrow)
+        note = (
+            f"ranked {len(ranked)} of the {len(boxes)} {kind}: the {seeds} that saliency and "
+            f"composition put first, then {len(ranked) - seeds} beside the best of them; the "
+            f"other {len(boxes) - len(ranked)} were not embedded (narrow=None ranks them all)"
+        )
+        return ranked, [note]
 
     def rank_boxes(self, photo: Image.Image, task: str, boxes: list[Box]) -> Ranked:
-        scores = self.scorer.score(photo, boxes, task)
+        work = scoring_copy(photo, boxes, scoring_side(self.scorer.embedder))
+        return self._scored(work, task, boxes)
+
+    def _scored(self, work: Image.Image, task: str, boxes: list[Box]) -> Ranked:
+        scores = self.scorer.score(work, boxes, task)
         return [(b, s.total, dict(s.terms)) for b, s in zip(boxes, scores, strict=True)]
 
     def notes(self, task: str) -> tuple[str, ...]:
         note = self.scorer.scoring_note(task)
         return (note,) if note else ()
+
+
+#: The fewest pixels on its short side a crop is embedded from, whatever the embedder's
+#: input: CLIP's usual 224, the least a crop is seen at.
+MIN_SCORING_SIDE = 224
+
+
+def scoring_side(embedder: Any) -> int:
+    """The short side, in pixels, a crop should keep for ``embedder``: its input, at least 224."""
+    try:
+        size = (getattr(embedder, "preprocess_info", None) or {}).get("image_size")
+    except (AttributeError, TypeError, ValueError):
+        size = None
+    sides = [size] if isinstance(size, int) else list(size) if isinstance(size, list) else []
+    sides = [int(s) for s in sides if isinstance(s, (int, float)) and s > 0]
+    return max([MIN_SCORING_SIDE, *sides])
+
+
+def scoring_copy(photo: Image.Image, boxes: Sequence[Box], side: int) -> Image.Image:
+    """``photo`` reduced by the largest whole factor that leaves every box ``side`` pixels.
+
+    Each box keeps at least ``side`` pixels on its short side, which the embedder shrinks
+    to its input anyway. :meth:`PIL.Image.Image.reduce` averages blocks of pixels, fast even
+    on a 12-megapixel photo; boxes are normalized, so they mean the same crops in the copy.
+    The photo itself when no reduction is possible.
+    """
+    if not boxes:
+        return photo
+    w, h = photo.size
+    short = min(min(b.width * w, b.height * h) for b in boxes)
+    factor = int(short // side)
+    return photo.reduce(factor) if factor >= 2 else photo
 
 
 #: The long side, in pixels, smartcrop analyses a photo at: as its own ``crop()``, the

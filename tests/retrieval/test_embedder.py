@@ -147,3 +147,121 @@ def test_transform_then_embed_pixels_equals_embed(tiny_clip: str) -> None:
     assert embedder.embed_pixels(pixels[:0]).shape == (0, 32)
     with pytest.raises(ConfigError, match=r"\(N, 3, H, W\)"):
         embedder.embed_pixels(pixels[0])
+
+
+# -- precision and forward passes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype"),
+    [
+        ("cpu", "float32"),
+        ("cuda", "float16"),
+        ("cuda:1", "float16"),
+        ("mps", "float32"),
+        ("torch-cpu", "float32"),
+        ("torch-cuda:0", "float16"),
+    ],
+)
+def test_half_precision_follows_the_device(device: str, dtype: str) -> None:
+    import torch
+
+    from retrieval.embedder import compute_dtype
+
+    if device.startswith("torch-"):
+        device = torch.device(device.removeprefix("torch-"))
+    assert compute_dtype(device) == dtype
+
+
+class _StubTorch:
+    """Records the contexts a forward pass enters, in place of torch."""
+
+    float16 = "float16"
+
+    def __init__(self) -> None:
+        self.entered: list[tuple] = []
+
+    def no_grad(self):
+        return self._context(("no_grad",))
+
+    def autocast(self, device_type: str, dtype: str):
+        return self._context(("autocast", device_type, dtype))
+
+    def _context(self, name: tuple):
+        import contextlib
+
+        @contextlib.contextmanager
+        def context():
+            self.entered.append(name)
+            yield
+
+        return context()
+
+
+@pytest.mark.parametrize(
+    ("device", "entered"),
+    [("cpu", [("no_grad",)]), ("cuda:0", [("no_grad",), ("autocast", "cuda", "float16")])],
+)
+def test_a_forward_pass_autocasts_to_float16_only_on_cuda(device: str, entered: list) -> None:
+    from types import SimpleNamespace
+
+    from retrieval.embedder import forward_context
+
+    stub = _StubTorch()
+    with forward_context(SimpleNamespace(_torch=stub, device=device)):
+        pass
+    assert stub.entered == entered
+
+
+@pytest.mark.slow
+def test_on_the_cpu_the_embedder_computes_in_float32(tiny_clip: str) -> None:
+    embedder = ClipEmbedder(tiny_clip, device="cpu")
+    assert embedder.dtype == "float32" and "float32" in repr(embedder)
+    assert next(embedder._model.parameters()).dtype.is_floating_point
+    assert str(next(embedder._model.parameters()).dtype) == "torch.float32"
+
+
+@pytest.mark.slow
+def test_two_threads_never_run_forward_passes_at_once(tiny_clip: str) -> None:
+    """The batch lanes take turns: one forward pass at a time, each with every core."""
+    import threading
+    import time
+
+    import torch
+
+    a, b = ClipEmbedder(tiny_clip, batch_size=1), ClipEmbedder(tiny_clip, batch_size=1)
+    photos = [p.convert("RGB") for p in _photos()]
+    alone = a.embed(photos)
+    threads_before = torch.get_num_threads()
+    running, most = [0], [0]
+    count = threading.Lock()
+
+    def watched(encode):
+        def encode_image(pixels):
+            with count:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.02)  # long enough for the other thread to try
+            try:
+                return encode(pixels)
+            finally:
+                with count:
+                    running[0] -= 1
+
+        return encode_image
+
+    for embedder in (a, b):  # two embedders: the turn is the process's, not one model's
+        embedder._model.encode_image = watched(embedder._model.encode_image)
+    results: dict[str, np.ndarray] = {}
+    lanes = [
+        threading.Thread(target=lambda e=e, k=k: results.__setitem__(k, e.embed(photos)))
+        for k, e in (("a", a), ("b", b))
+    ]
+    for lane in lanes:
+        lane.start()
+    for lane in lanes:
+        lane.join()
+    assert most[0] == 1  # 10 passes, never two at once
+    np.testing.assert_allclose(results["a"], alone, atol=1e-6)
+    np.testing.assert_allclose(results["b"], alone, atol=1e-6)
+    assert torch.get_num_threads() == threads_before  # the process's pool is left alone

@@ -43,6 +43,7 @@ def test_each_kind_gives_unit_vectors_of_its_dim(tiny_hf: dict[str, str], kind: 
     assert type(embedder).__name__ == "HFVisionEmbedder" and isinstance(embedder, Embedder)
     assert embedder.name == tiny_hf[kind] and embedder.dim == dim
     assert embedder.pooling == pooling and repr(embedder).startswith("HFVisionEmbedder(")
+    assert embedder.dtype == "float32"  # on the CPU; float16 autocast only on CUDA
     vectors = embedder.embed(_photos())
     assert vectors.dtype == np.float32 and vectors.shape == (4, dim)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -69,8 +69,8 @@ def photo() -> Image.Image:
     return salient_square()
 
 
-def head_baseline(embedder=None) -> HeadGridCrop:
-    return HeadGridCrop(Scorer(embedder or RampEmbedder(), reading_head()))
+def head_baseline(embedder=None, **kwargs) -> HeadGridCrop:
+    return HeadGridCrop(Scorer(embedder or RampEmbedder(), reading_head()), **kwargs)
 
 
 def all_baselines() -> list:
@@ -178,7 +178,7 @@ def test_saliency_subject_defaults_to_the_salient_point(photo):
 def test_head_baseline_picks_the_crop_the_head_likes_best_in_one_embed():
     image = ramp_photo()
     embedder = RampEmbedder()
-    result = head_baseline(embedder).crop(image)
+    result = head_baseline(embedder, narrow=None).crop(image)  # the whole grid
     grid = grid_candidates(image.size)
     # One pass over every candidate, its crops cut a batch at a time (scorer.EMBED_BATCH).
     assert sum(embedder.batches) == len(grid) and max(embedder.batches) <= EMBED_BATCH
@@ -202,7 +202,7 @@ def test_head_baseline_without_a_head_says_so_and_ranks_by_area(photo, caplog):
 
 @pytest.mark.parametrize("point", [(0.5, 0.5), (0.02, 0.5), (0.005, 0.995)])
 def test_head_baseline_subject_keeps_only_crops_holding_it(photo, point):
-    result = head_baseline().crop(photo, "subject", subject=point)
+    result = head_baseline(narrow=None).crop(photo, "subject", subject=point)
     assert all(c.box.contains(*point) for c in result.candidates)
     # Near an edge the grid holds no such crop, but the photo-ratio sweep does.
     pool = grid_candidates(photo.size) + ratio_candidates(photo.size, 640 / 480, steps=3)

@@ -298,7 +298,10 @@ def test_no_vlm_crops_a_real_gaicd_photo(gaicd_photo, tiny_clip, tiny_head_file,
     result = cropper.crop(gaicd_photo, task=task, **kwargs)
     size = result.size
     pool = grid_candidates(size) if task == "free" else ratio_candidates(size, 4 / 3)
-    assert {c.box for c in result.candidates} == set(pool)
+    # The head ranks 16 of them (NARROW): a cheap pass picks which, and the notes say so.
+    assert {c.box for c in result.candidates} <= set(pool)
+    assert len(result.candidates) == min(16, len(pool))
+    assert any(f"ranked 16 of the {len(pool)}" in n for n in result.notes)
     assert result.box in pool and result.source == str(gaicd_photo)
     assert set(result.candidates[0].terms) == {"aesthetic"}
     assert len({round(c.score, 9) for c in result.candidates}) > 1  # the head tells them apart
