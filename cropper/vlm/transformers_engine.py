@@ -24,8 +24,8 @@ by a digest of the pixels). Each conversation's new part is prefilled on its own
 states, left-padded into one cache. Greedy replies are the same as with
 ``prefix_cache=False``, which prefills every prompt whole in one padded batch. It is
 built for Qwen2.5-VL and Qwen3-VL, whose multimodal rotary positions are computed
-for the whole prompt and handed to the model, so the new part's continue the
-prefix's exactly; other models prefill whole.
+for the whole prompt and handed to the model, so the new part's positions continue
+the prefix's exactly; other models prefill whole.
 """
 
 from __future__ import annotations
@@ -215,8 +215,10 @@ class TransformersVLM(VLM):
             ) from None
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        if prefix_cache_mb is not None and not (
-            isinstance(prefix_cache_mb, (int, float)) and prefix_cache_mb >= 0
+        if prefix_cache_mb is not None and (
+            isinstance(prefix_cache_mb, bool)
+            or not isinstance(prefix_cache_mb, (int, float))
+            or not prefix_cache_mb >= 0
         ):
             raise ConfigError(f"prefix_cache_mb must be a number >= 0, got {prefix_cache_mb!r}")
         self.name = str(model)
