@@ -24,8 +24,8 @@ by a digest of the pixels). Each conversation's new part is prefilled on its own
 states, left-padded into one cache. Greedy replies are the same as with
 ``prefix_cache=False``, which prefills every prompt whole in one padded batch. It is
 built for Qwen2.5-VL and Qwen3-VL, whose multimodal rotary positions are computed
-for the whole prompt and handed to the model, so the new part's continue the
-prefix's exactly; other models prefill whole.
+for the whole prompt and handed to the model, so the new part's positions continue
+the prefix's exactly; other models prefill whole.
 """
 
 from __future__ import annotations
@@ -215,8 +215,10 @@ class TransformersVLM(VLM):
             ) from None
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        if prefix_cache_mb is not None and not (
-            isinstance(prefix_cache_mb, (int, float)) and prefix_cache_mb >= 0
+        if prefix_cache_mb is not None and (
+            isinstance(prefix_cache_mb, bool)
+            or not isinstance(prefix_cache_mb, (int, float))
+            or not prefix_cache_mb >= 0
         ):
             raise ConfigError(f"prefix_cache_mb must be a number >= 0, got {prefix_cache_mb!r}")
         self.name = str(model)
@@ -448,19 +450,21 @@ class TransformersVLM(VLM):
         token; ``generate`` then runs the last tokens of the whole batch and decodes,
         from the conversations' states left-padded into one cache.
         """
-        prompts = self._prompts(chunk)
-        if any(len(p.tokens) < 2 for p in prompts):  # no prefix to keep: nothing to gain
-            return self._generate_whole(chunk, sampling, per_conversation, seed)
+        texts = self._render(chunk)
         rows = len(chunk) * per_conversation
         options = self._options(sampling, rows)
-        width = max(len(p.tokens) for p in prompts)
+        prompts: list[_Prompt] = []
 
         def run() -> Any:
-            states = [self._prefill(p) for p in prompts]
+            # Each prompt is prefilled as soon as it is read, while its images are at hand.
+            states = []
+            for text, conversation in zip(texts, chunk, strict=True):
+                prompts.append(self._prompt(text, conversation))
+                states.append(self._prefill(prompts[-1]))
             inputs = self._decode_inputs(prompts, states, per_conversation, sampling.max_tokens)
-            return self.model.generate(**inputs, **options)
+            return self.model.generate(**inputs, **options), inputs["input_ids"].shape[1]
 
-        output = self._run(run, seed, len(chunk), per_conversation)
+        output, width = self._run(run, seed, len(chunk), per_conversation)
         self.counts.prompts += len(chunk)
         self.counts.prompt_tokens += sum(len(p.tokens) for p in prompts)
         self.counts.prefilled += rows  # each row's last prompt token, read by generate
@@ -525,39 +529,47 @@ class TransformersVLM(VLM):
                 f"{self.name}: cannot turn the conversation into model input: {_first_line(exc)}"
             ) from None
 
-    def _prompts(self, chunk: Sequence[Conversation]) -> list[_Prompt]:
-        """Each conversation's tokens, image grids and positions; images processed once each."""
+    def _render(self, chunk: Sequence[Conversation]) -> list[str]:
+        """Each conversation as text in the checkpoint's chat template, images as placeholders."""
+        with self._input_errors():
+            return self.processor.apply_chat_template(
+                [to_chat_messages(c) for c in chunk], add_generation_prompt=True, tokenize=False
+            )
+
+    def _prompt(self, text: str, conversation: Conversation) -> _Prompt:
+        """A rendered conversation's tokens, image grids and whole-prompt positions.
+
+        As the processor and the model make them (each image is processed once).
+        """
         import torch
 
-        image_token = self.processor.image_token
         image_id = self.processor.image_token_id
         merge = self.processor.image_processor.merge_size
         with self._input_errors():
-            texts = self.processor.apply_chat_template(
-                [to_chat_messages(c) for c in chunk], add_generation_prompt=True, tokenize=False
+            images = conversation_images(conversation)
+            digests = [self._digests(image) for image in images]
+            grids = self._image_grids(images, digests)
+            counts = [int(grid.prod()) // merge**2 for grid in grids]
+            text = expand_image_placeholders(text, self.processor.image_token, counts)
+            ids = np.asarray(self.tokenizer(text)["input_ids"], dtype=np.int64)
+            if len(ids) < 2:
+                raise ValueError("the prompt is a single token")
+            tokens = PromptTokens(ids, image_spans(ids, image_id, counts, digests))
+        if images:
+            kinds = (ids == image_id).astype(np.int64)  # 1 an image's token, 0 text
+            positions, _ = self.model.model.get_rope_index(
+                input_ids=torch.from_numpy(ids)[None],
+                mm_token_type_ids=torch.from_numpy(kinds)[None],
+                image_grid_thw=torch.stack(grids),
             )
-            prompts = []
-            for text, conversation in zip(texts, chunk, strict=True):
-                images = conversation_images(conversation)
-                digests = [self._digests(image) for image in images]
-                grids = self._image_grids(images, digests)
-                counts = [int(grid.prod()) // merge**2 for grid in grids]
-                text = expand_image_placeholders(text, image_token, counts)
-                ids = np.asarray(self.tokenizer(text)["input_ids"], dtype=np.int64)
-                tokens = PromptTokens(ids, image_spans(ids, image_id, counts, digests))
-                if images:
-                    positions, _ = self.model.model.get_rope_index(
-                        input_ids=torch.from_numpy(ids)[None],
-                        mm_token_type_ids=torch.from_numpy((ids == image_id).astype(np.int64))[
-                            None
-                        ],
-                        image_grid_thw=torch.stack(grids),
-                    )
-                    positions = positions[:, 0]
-                else:
-                    positions = torch.arange(len(ids)).expand(3, -1)
-                prompts.append(_Prompt(tokens, images, grids, positions))
-        return prompts
+            positions = positions[:, 0]
+        else:
+            positions = torch.arange(len(ids)).expand(3, -1)
+        return _Prompt(tokens, images, grids, positions)
+
+    def _prompts(self, chunk: Sequence[Conversation]) -> list[_Prompt]:
+        """:meth:`_prompt` of each conversation."""
+        return [self._prompt(t, c) for t, c in zip(self._render(chunk), chunk, strict=True)]
 
     def _image_grids(self, images: list[Any], digests: list[str]) -> list[Any]:
         """Each image's patch grid; images not seen before are processed (pixels kept)."""
