@@ -52,6 +52,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# This checkout's cropper is measured, whichever one the environment has installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 #: Qwen2.5-VL-7B-Instruct's dimensions (the config class defaults are the 72B's).
 TEXT_7B = {
     "vocab_size": 152064,
@@ -357,8 +360,10 @@ class ComputeLog:
 class ConversationLog:
     """Wraps ``vlm.generate``: each call's conversations and replies, for the floor."""
 
-    def __init__(self, vlm: Any):
-        self.calls: list[tuple[list, list[list[str]]]] = []
+    def __init__(self, vlm: Any = None):
+        self.calls: list[tuple[list, list[list[str]]]] = []  # (conversations, replies)
+        if vlm is None:
+            return
         inner = vlm.generate
 
         def generate(conversations, sampling):
@@ -723,6 +728,7 @@ def main() -> None:
         "mode": "tiny (CPU check)" if args.tiny else "Qwen2.5-VL-7B size, random weights, bf16",
         "command": "python benchmarks/gpu_transformers.py " + " ".join(sys.argv[1:]),
         "workload": {"exemplars_S": 30, "crops_R": 6, "refine_rounds_L": 2, "batches": batches},
+        "cropper_package": str(Path(__import__("cropper").__file__).parent),
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
     }
