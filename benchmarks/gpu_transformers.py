@@ -52,6 +52,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# This checkout's cropper is measured, whichever one the environment has installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 #: Qwen2.5-VL-7B-Instruct's dimensions (the config class defaults are the 72B's).
 TEXT_7B = {
     "vocab_size": 152064,
@@ -307,12 +310,21 @@ class CallLog:
         return output
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (the static cache's compiled decoding step)."""
+    import torch
+
+    return bool(getattr(torch, "compiler", None) and torch.compiler.is_compiling())
+
+
 class ComputeLog:
     """Counts what the model computes, by hooks: prefilled tokens, decoding rows, patches.
 
     A forward of the language model over more than one position is a prefill (its rows x
     positions counted, padding included); over one position, a decoding step. The vision
-    tower's input rows are its patches. Any way of reusing a prefix shows here.
+    tower's input rows are its patches. Any way of reusing a prefix shows here. Decoding
+    steps that torch.compile runs (the static cache on a GPU) are not counted: a hook must
+    leave a compiled graph alone; prefill runs eagerly and is counted.
     """
 
     def __init__(self, model: Any):
@@ -335,6 +347,8 @@ class ComputeLog:
         self.decode_rows = self.decode_forwards = 0
 
     def _language(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if _compiling():  # a compiled decoding step: no Python side effects in its graph
+            return
         x = kwargs.get("inputs_embeds")
         if x is None:
             x = kwargs.get("input_ids", args[0] if args else None)
@@ -349,6 +363,8 @@ class ComputeLog:
             self.decode_forwards += 1
 
     def _visual(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if _compiling():
+            return
         x = kwargs.get("hidden_states", args[0] if args else None)
         if x is not None:
             self.patches += int(x.shape[0])
@@ -357,8 +373,10 @@ class ComputeLog:
 class ConversationLog:
     """Wraps ``vlm.generate``: each call's conversations and replies, for the floor."""
 
-    def __init__(self, vlm: Any):
-        self.calls: list[tuple[list, list[list[str]]]] = []
+    def __init__(self, vlm: Any = None):
+        self.calls: list[tuple[list, list[list[str]]]] = []  # (conversations, replies)
+        if vlm is None:
+            return
         inner = vlm.generate
 
         def generate(conversations, sampling):
@@ -584,7 +602,8 @@ def crop_run(
         "floor_patches_per_photo": round(floor_patches),
         "vision_patches_per_photo": round(compute.patches / batch) if compute.hooked else None,
         "prefill_forwards": compute.prefill_forwards,
-        "decode_forwards": compute.decode_forwards,
+        # Compiled decoding steps (the static cache) are not seen by the hooks.
+        "decode_forwards": None if variant.vlm.static_cache else compute.decode_forwards,
         "boxes": boxes,
         "generate_calls": [{k: round(v, 3) for k, v in c.items()} for c in log.calls],
         "floor_calls": floor_calls,
@@ -723,6 +742,7 @@ def main() -> None:
         "mode": "tiny (CPU check)" if args.tiny else "Qwen2.5-VL-7B size, random weights, bf16",
         "command": "python benchmarks/gpu_transformers.py " + " ".join(sys.argv[1:]),
         "workload": {"exemplars_S": 30, "crops_R": 6, "refine_rounds_L": 2, "batches": batches},
+        "cropper_package": str(Path(__import__("cropper").__file__).parent),
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
     }

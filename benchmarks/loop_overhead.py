@@ -25,20 +25,24 @@ import json
 import os
 import platform
 import random
+import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import cropper.agent.loop
-import cropper.vlm.openai_server as server_backend
-from cropper import Cropper
-from cropper.scoring.head import random_head, save_head
-from cropper.testing.openai_server import OpenAICompatibleServer
-from cropper.testing.synthetic import synthetic_photo
-from cropper.testing.tiny_clip import build_random_clip, build_tiny_clip
-from cropper.vlm.base import VLM
-from retrieval import ClipEmbedder, ExemplarIndex, read_jsonl
+# This checkout's cropper is measured, whichever one the environment has installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cropper.agent.loop  # noqa: E402
+import cropper.vlm.openai_server as server_backend  # noqa: E402
+from cropper import Cropper  # noqa: E402
+from cropper.scoring.head import random_head, save_head  # noqa: E402
+from cropper.testing.openai_server import OpenAICompatibleServer  # noqa: E402
+from cropper.testing.synthetic import synthetic_photo  # noqa: E402
+from cropper.testing.tiny_clip import build_random_clip, build_tiny_clip  # noqa: E402
+from cropper.vlm.base import VLM  # noqa: E402
+from retrieval import ClipEmbedder, ExemplarIndex, read_jsonl  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
 
@@ -245,6 +249,7 @@ def main() -> None:
     report = {
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "cropper_package": str(Path(cropper.__file__).parent),
         "backend": args.backend,
         "clip": "tiny (32 px toy)" if args.clip == "tiny" else f"{args.clip} (random weights)",
         "task": args.task,

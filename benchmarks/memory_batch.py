@@ -188,7 +188,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
 
-    sys.path.insert(0, str(HERE))
+    sys.path[:0] = [str(CHECKOUT), str(HERE)]  # this checkout's cropper; the siblings
     from loop_overhead import full_responder
     from run import commit, load_average, parse_size
 
