@@ -164,7 +164,9 @@ def test_the_gpu_script_reaches_every_stage_on_tiny_models(gpu, tmp_path, monkey
     assert batch["failed"] == [] and len(batch["boxes"]) == 1
     assert len(batch["floor_calls"]) == 3  # propose and two refine rounds
     assert 0 < batch["floor_tokens_per_photo"] < batch["prompt_tokens_per_photo"]
-    assert batch["prefilled_tokens_per_photo"] >= batch["floor_tokens_per_photo"]
+    # The script's floor (prefix by text, each prefix once) overcounts a little against the
+    # backend's exact one (image runs matched by pixels): within 10% of it, not above.
+    assert batch["prefilled_tokens_per_photo"] <= 1.1 * batch["floor_tokens_per_photo"]
     assert batch["vision_patches_per_photo"] >= batch["floor_patches_per_photo"] > 0
     assert report["batch_1_prefix_reuse"]["same_boxes"] == "1 of 1"
     clip = report["clip_embedding"]
