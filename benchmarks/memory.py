@@ -66,9 +66,9 @@ def main() -> None:
         root = Path(tmp)
         make_photos(root / "photos", args.photos, args.side)
         clip = build_tiny_clip(root / "clip")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        if args.code:
-            env["PYTHONPATH"] = args.code
+        # The checkout measured: --code, else this script's own (not whichever is installed).
+        code = args.code or str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": code}
         with OpenAICompatibleServer() as server:
             argv = [sys.executable, "-m", "cropper.cli", "crop", str(root / "photos"),
                     "--out", str(root / "out"), "--vlm", server.url, "--clip", clip,
