@@ -103,3 +103,20 @@ def test_missing_file_is_named(tmp_path):
 def test_fit_within_only_shrinks():
     assert fit_within(Image.new("RGB", (2000, 1000)), 1024).size == (1024, 512)
     assert fit_within(Image.new("RGB", (200, 100)), 1024).size == (200, 100)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_working_copy_has_exactly_the_side_asked(tmp_path, suffix):
+    """A 12 MP photo: the JPEG decoder's 1/2 draft, or the whole PNG, brought to 1024."""
+    from cropper.testing.synthetic import synthetic_photo
+
+    path = tmp_path / f"big{suffix}"
+    synthetic_photo(0, size=(4000, 3000)).save(path)
+    copy = load_image(path, least_side=1024)
+    assert copy.size == (1024, 768)
+    whole = load_image(path)
+    assert whole.size == (4000, 3000)
+    # the same scene: the copy is the photo's average over each of its pixels
+    small = np.asarray(whole.resize((1024, 768), Image.Resampling.BOX), dtype=np.float64)
+    assert np.abs(np.asarray(copy, dtype=np.float64) - small).mean() < 4
+    assert load_image(path, least_side=5000).size == (4000, 3000)  # never enlarged
