@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from cropper.core.boxes import Box
 from cropper.core.errors import CropperError, VLMError
 from cropper.core.messages import Conversation
+from cropper.scoring.scorer import input_side, scoring_crop
 from cropper.vlm.base import Sampling
 
 
@@ -157,7 +159,10 @@ class Server:
         )
 
     def _embed(self, requests: list[Embed]) -> list[np.ndarray]:
-        return list(self.embedder.embed([r.photo for r in requests]))
+        # Each photo as the embedder takes it in, made cheaply (see scoring_crop).
+        side = input_side(self.embedder)
+        whole = Box.whole()
+        return list(self.embedder.embed([scoring_crop(r.photo, whole, side) for r in requests]))
 
     def _score(self, requests: list[Score]) -> list[list[Any]]:
         return self.scorer.score_many([(r.photo, r.boxes, r.task, r.embedding) for r in requests])

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cropper.core.boxes import Box
 from cropper.core.errors import ConfigError, shown
 from cropper.core.tasks import TASKS, check_task
 from retrieval.embedder import Embedder, unit_rows
@@ -25,7 +26,6 @@ from retrieval.embedder import Embedder, unit_rows
 if TYPE_CHECKING:
     from PIL import Image
 
-    from cropper.core.boxes import Box
     from cropper.scoring.head import AestheticHead
     from cropper.scoring.knowledge import KnowledgeTerm
 
@@ -283,6 +283,7 @@ class Scorer:
             return crops_of, whole_of
         assert self.embedder is not None
         dim = self.embedder.dim
+        side = input_side(self.embedder)
         # What to embed, as ways to make each image: crops are cut a batch at a time, so a
         # chunk of large photos never holds all its crops at once.
         images: list[Callable[[], Image.Image]] = []
@@ -291,7 +292,7 @@ class Scorer:
             if not needs[i]:
                 continue
             first = len(images)
-            images += [functools.partial(scoring_crop, image, box) for box in boxes]
+            images += [functools.partial(scoring_crop, image, box, side) for box in boxes]
             whole_row = -1
             if wants_whole[i] and given is not None:
                 whole = np.asarray(given, dtype=np.float64).reshape(-1)
@@ -303,7 +304,7 @@ class Scorer:
                 whole_of[i] = unit_rows(whole[None])[0]
             elif wants_whole[i]:
                 whole_row = len(images)
-                images.append(functools.partial(_itself, image))
+                images.append(functools.partial(scoring_crop, image, Box.whole(), side))
             spans.append((i, first, whole_row))
         batch = max(1, int(getattr(self.embedder, "batch_size", EMBED_BATCH)))
         parts = [
@@ -330,27 +331,53 @@ class Scorer:
 EMBED_BATCH = 32
 
 
-def _itself(image: Image.Image) -> Image.Image:
-    return image
-
-
 #: The longest side a crop is embedded from: several times any embedder's input (224 to
 #: 518 px), so nothing it sees is lost, while a crop of a 12000-px photo costs no 200 MB.
 SCORING_SIDE = 1024
 
 
-def scoring_crop(image: Image.Image, box: Box) -> Image.Image:
-    """The crop of ``box`` as the embedder gets it: at most :data:`SCORING_SIDE` a side.
+def input_side(embedder: Any) -> int | None:
+    """The short side an open_clip-style embedder resizes every image to, when it says so.
 
-    A large crop is resized straight from the photo's region (``resize(box=...)``), so its
-    full-resolution pixels are never copied out.
+    Known only for the usual preprocessing: bicubic, the shortest side to a square input.
+    """
+    try:
+        info = getattr(embedder, "preprocess_info", None) or {}
+        size = info.get("image_size")
+        mode, interpolation = info.get("resize_mode"), info.get("interpolation")
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        return None
+    if mode not in (None, "shortest") or interpolation not in (None, "bicubic"):
+        return None
+    return size
+
+
+def scoring_crop(image: Image.Image, box: Box, side: int | None = None) -> Image.Image:
+    """The crop of ``box`` as the embedder gets it.
+
+    ``side``: the embedder's :func:`input_side`. The crop is cut at that short side (the
+    long side rounded down, as torchvision does), so the embedder's own resize is a copy;
+    whole blocks of pixels are averaged first (``reducing_gap=1``), then bicubic takes it
+    the rest of the way: a fraction of bicubic's cost from the whole region, and within a
+    median 64 dB PSNR of it (least 36 dB; 165 crops of 10 real photos). Without ``side``,
+    a crop is at most :data:`SCORING_SIDE` a side. Either way a large crop is resized
+    straight from the photo's region (``resize(box=...)``), so its full-resolution pixels
+    are never copied out.
     """
     from PIL import Image as PILImage
 
     left, top, right, bottom = box.to_pixels(image.size)
+    region = (left, top, right, bottom)
     w, h = right - left, bottom - top
+    if side is not None and min(w, h) > side:
+        size = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
+        return image.resize(size, PILImage.Resampling.BICUBIC, box=region, reducing_gap=1.0)
     if max(w, h) <= SCORING_SIDE:
-        return image.crop((left, top, right, bottom))
+        return image.crop(region)
     scale = SCORING_SIDE / max(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return image.resize(size, PILImage.Resampling.BICUBIC, box=(left, top, right, bottom))
+    return image.resize(size, PILImage.Resampling.BICUBIC, box=region)

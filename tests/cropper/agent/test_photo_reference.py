@@ -124,4 +124,5 @@ def test_the_scorer_cuts_crops_a_batch_at_a_time(monkeypatch):
     boxes = [Box(0.01 * i, 0.0, 0.5 + 0.01 * i, 0.9) for i in range(12)]
     scores = Scorer(Spy(), None, weights=weights_by_task("content=1")).score(photo, boxes, "free")
     assert len(scores) == 12
-    assert seen_when_called == [5, 10, 12]  # never more crops made than one batch ahead
+    # 12 crops and the photo itself (the content term), never more made than one batch ahead
+    assert seen_when_called == [5, 10, 13]

@@ -225,3 +225,37 @@ def test_unknown_task_and_bad_inputs():
         scorer.score(red_blue_photo(), [LEFT], "aspect", image_embedding=np.zeros(3))
     with pytest.raises(ConfigError, match=">= 0"):
         Weights(area=-1)
+
+
+def test_a_crop_is_cut_at_the_size_clips_own_resize_gives_it(tmp_path: Path):
+    """The embedder's resize then leaves it as it is, and its pixels are bicubic's, near enough."""
+    from cropper.scoring.scorer import input_side, scoring_crop
+    from cropper.testing.synthetic import synthetic_photo
+    from cropper.testing.tiny_clip import build_tiny_clip
+    from retrieval import ClipEmbedder
+
+    clip = ClipEmbedder(build_tiny_clip(tmp_path / "clip"))
+    side = input_side(clip)
+    assert side == 32  # the tiny CLIP's input: bicubic, shortest side
+    resize = clip.transform.transforms[0]  # open_clip's Resize(side)
+    photo = synthetic_photo(4, size=(1600, 1200))
+    for box in (Box(0.1, 0.05, 0.8, 0.9), Box(0.3, 0.0, 0.5, 1.0), Box(0, 0, 1, 0.02), WHOLE):
+        crop = scoring_crop(photo, box, side)
+        region = photo.crop(box.to_pixels(photo.size))
+        if min(region.size) <= side:  # already small: cut as without a known input
+            assert crop.size == scoring_crop(photo, box, None).size == (1024, 15)
+            continue
+        assert min(crop.size) == side
+        assert resize(crop).size == crop.size == resize(region).size
+        bicubic = np.asarray(resize(region), dtype=np.float64)
+        error = np.mean((np.asarray(crop, dtype=np.float64) - bicubic) ** 2)
+        assert 10 * np.log10(255**2 / error) > 30  # PSNR, dB
+
+
+def test_without_a_known_input_a_crop_is_at_most_1024_a_side():
+    from cropper.scoring.scorer import SCORING_SIDE, input_side, scoring_crop
+
+    assert input_side(ToyEmbedder()) is None
+    big = Image.new("RGB", (3000, 2000), "grey")
+    assert scoring_crop(big, WHOLE, None).size == (SCORING_SIDE, 683)
+    assert scoring_crop(big, LEFT, None).size == (768, SCORING_SIDE)
