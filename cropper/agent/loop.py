@@ -77,6 +77,8 @@ DEFAULT_CHUNK = 16
 #: loading): a chunk closes early when its photos reach this share, so 16 photos of 144
 #: megapixels go through a few at a time instead of taking 14 GB together.
 PIXELS_IN_FLIGHT = 400_000_000
+#: Chunks a batch keeps in flight on a backend whose calls overlap (a server).
+LANES = 2
 #: What a photo whose size cannot be read ahead (a URL) counts for.
 UNKNOWN_PIXELS = 12_000_000
 
@@ -383,11 +385,11 @@ class Cropper:
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise ConfigError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
         chunk = concurrency or DEFAULT_CHUNK
-        # A backend whose calls overlap (a server) gets two chunks at once: one is served
-        # while the other's next round is prepared. In-process engines compute in the
+        # A backend whose calls overlap (a server) gets LANES chunks at once: one is served
+        # while another's next round is prepared. In-process engines compute in the
         # calling thread: one at a time.
         overlaps = self.vlm is not None and self.vlm.overlaps_calls
-        lanes = 2 if overlaps and len(images) > 1 else 1
+        lanes = LANES if overlaps and len(images) > 1 else 1
         chunks = chunk_photos(images, chunk, PIXELS_IN_FLIGHT // lanes)
         # The batch's bound goes with each VLM call; the backend's own is left as it is.
         server = self._server.bounded(concurrency)
@@ -839,7 +841,8 @@ class Cropper:
             {
                 "photo": PromptPhoto(
                     crop_of(shared.photo, c.box),
-                    make=lambda box=c.box: crop_of(shared.ref.load_pixels(side), box),
+                    # the reference alone: a closure over `shared` would keep its working copy
+                    make=lambda box=c.box, ref=shared.ref: crop_of(ref.load_pixels(side), box),
                 ),
                 "box": c.box,
                 "score": c.score,

@@ -6,6 +6,9 @@ result keeps the path (or the caller's own image) and makes its crop when asked.
 
 from __future__ import annotations
 
+import gc
+import types
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -71,8 +74,37 @@ def test_results_of_a_batch_hold_no_pixels_of_their_photos(tmp_path):
         images = [p for p in parts if isinstance(p, ImagePart)]
         assert images and not any(p.held for p in images)  # the query and the crops shown
         assert max(images[0].image.size) == 1024  # the query, made again when asked
+    # Nothing reachable from the results, closures that make images again included.
+    assert reachable_images(results) == []
     folder = results[0].write_debug(tmp_path / "debug")
     assert (folder / "crop.jpg").is_file() and any(folder.glob("round-1-refine/*"))
+
+
+def reachable_images(root) -> list[tuple[int, int]]:
+    """Sizes of the PIL images ``root`` keeps alive: through attributes, containers and the
+    closures and defaults of functions (not through modules' globals, nor classes)."""
+    seen, stack, found = set(), [root], []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Image.Image):
+            found.append(obj.size)
+        elif isinstance(obj, types.FunctionType):
+            for cell in obj.__closure__ or ():
+                try:
+                    stack.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+            stack += [*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+        elif isinstance(obj, (type, types.ModuleType, str, bytes)):
+            continue
+        elif isinstance(obj, dict) and "__builtins__" in obj:  # a module's globals
+            continue
+        else:
+            stack += gc.get_referents(obj)
+    return found
 
 
 def test_a_pil_photo_is_kept_as_the_callers_own_object():
