@@ -216,3 +216,19 @@ def test_the_rss_slope_is_fitted_past_the_first_photos() -> None:
     assert memory.slope_per_100(flat) == 0
     assert memory.slope_per_100(growing) == 100
     assert memory.slope_per_100([[0, 1.0]]) is None
+
+
+@pytest.mark.slow
+def test_no_vlm_times_narrowed_whole_grid_and_smartcrop(tmp_path: Path) -> None:
+    pytest.importorskip("smartcrop")
+    report = run_script(
+        "no_vlm", "--clip", "tiny", "--photos", "2", "--repeats", "1", "--data", str(tmp_path),
+    )  # fmt: skip
+    assert report["narrowing"] is True
+    assert report["cropper_package"] == str(REPO / "cropper")
+    assert len(report["photos"]) == 2
+    for mode in ("smartcrop", "narrowed", "whole_grid"):
+        assert report["seconds_per_1024px_photo"][mode] > 0
+        assert "error" not in report["12mp"][mode], report["12mp"][mode]
+        assert report["12mp"][mode]["seconds"] > 0
+    assert set(report["ratio_to_smartcrop"]) == {"narrowed", "whole_grid"}
