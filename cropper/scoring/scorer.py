@@ -362,8 +362,9 @@ def scoring_crop(image: Image.Image, box: Box, side: int | None = None) -> Image
     ``side``: the embedder's :func:`input_side`. The crop is cut at that short side (the
     long side rounded down, as torchvision does), so the embedder's own resize is a copy;
     whole blocks of pixels are averaged first (``reducing_gap=1``), then bicubic takes it
-    the rest of the way: a fraction of bicubic's cost from the whole region, and within a
-    median 64 dB PSNR of it (least 36 dB; 165 crops of 10 real photos). Without ``side``,
+    the rest of the way: cheaper than bicubic from the whole region (a 700x525 crop to 224
+    px, 3.8 ms against 4.5; to a 32-px input, far less), and within a median 64 dB PSNR
+    of it (least 36 dB; 165 crops of 10 real photos). Without ``side``,
     a crop is at most :data:`SCORING_SIDE` a side. Either way a large crop is resized
     straight from the photo's region (``resize(box=...)``), so its full-resolution pixels
     are never copied out.
