@@ -90,9 +90,10 @@ def load_image(
     sRGB; another profile that cannot describe RGB pixels is left out.
 
     ``least_side``: a smaller copy is enough, whose longer side is this (the photo itself
-    when smaller): a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (the decoder's own
-    scaling, far faster than decoding it all), then resized the rest of the way. What
-    works from a copy (prompts, scoring, saliency, faces) takes one.
+    when smaller, or when it has no more pixels than a square of that side): a JPEG is
+    decoded at 1/2, 1/4 or 1/8 of its size (the decoder's own scaling, far faster than
+    decoding it all), then resized the rest of the way. What works from a copy (prompts,
+    scoring, saliency, faces) takes one.
 
     Raises :class:`ImageError` naming the photo when it is missing, unreadable,
     truncated, not an image, empty, or larger than ``max_pixels`` (checked from the
@@ -128,9 +129,22 @@ def _reduced(image: Image.Image, least_side: int | None) -> Image.Image:
     Every prompt image, crop and map is cut from this copy, so its size sets their cost.
     Palettes and bilevel photos are left as they are.
     """
-    if least_side is None or max(image.size) <= least_side or image.mode not in _REDUCIBLE:
+    if not _wants_copy(image.size, least_side) or image.mode not in _REDUCIBLE:
         return image
-    return fit_within(image, least_side, resample=Image.Resampling.BOX)
+    return fit_within(image, least_side, resample=Image.Resampling.BOX)  # type: ignore[arg-type]
+
+
+def _wants_copy(size: tuple[int, int], least_side: int | None) -> bool:
+    """Whether a photo of ``size`` is worth a smaller copy.
+
+    It is when longer than ``least_side`` and of more pixels than a square of it. A long
+    strip of few pixels stays whole, as its short side is what an exact ratio needs (a
+    2000x30 strip would shrink to 1024x15, where a pixel is 7% of a side).
+    """
+    if least_side is None:
+        return False
+    w, h = size
+    return max(w, h) > least_side and w * h > least_side * least_side
 
 
 #: Modes Pillow resamples with any filter (palettes and bilevel only by nearest).
@@ -257,9 +271,9 @@ def _decode(
             finally:
                 Image.MAX_IMAGE_PIXELS = before
         _check_size(image.size, name, max_pixels)
-        if least_side is not None and image.format == "JPEG":
+        if _wants_copy(image.size, least_side) and image.format == "JPEG":
             w, h = image.size
-            scale = least_side / max(w, h)
+            scale = least_side / max(w, h)  # type: ignore[operator]
             if scale < 0.5:  # the decoder scales by 1/2, 1/4 or 1/8, keeping at least this
                 image.draft(image.mode, (max(1, round(w * scale)), max(1, round(h * scale))))
         image.load()

@@ -120,3 +120,13 @@ def test_a_working_copy_has_exactly_the_side_asked(tmp_path, suffix):
     small = np.asarray(whole.resize((1024, 768), Image.Resampling.BOX), dtype=np.float64)
     assert np.abs(np.asarray(copy, dtype=np.float64) - small).mean() < 4
     assert load_image(path, least_side=5000).size == (4000, 3000)  # never enlarged
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_long_strip_of_few_pixels_is_its_own_working_copy(tmp_path, suffix):
+    """Its short side is what an exact ratio needs; it costs less than a copy would."""
+    path = tmp_path / f"strip{suffix}"
+    Image.new("RGB", (5000, 60), (0, 90, 200)).save(path)
+    assert load_image(path, least_side=1024).size == (5000, 60)
+    assert load_image(Image.new("RGB", (2000, 30)), least_side=1024).size == (2000, 30)
+    assert load_image(Image.new("RGB", (4000, 400)), least_side=1024).size == (1024, 102)
