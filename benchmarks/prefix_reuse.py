@@ -50,7 +50,7 @@ from cropper.vlm.transformers_engine import TransformersVLM
 from retrieval.selection import ExemplarCrop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokens import EXEMPLAR_SIZES, common_prefix, model_input  # noqa: E402
+from tokens import EXEMPLAR_SIZES, candidate_rounds, common_prefix, model_input  # noqa: E402
 
 #: Each family: its tiny checkpoint, pixel budget and coordinates.
 FAMILIES = {
@@ -97,24 +97,7 @@ def photo_prompts(i: int, family: str, settings: dict[str, int]) -> list[list[Me
     held = {"query": query, "exemplars": exemplars, "n_crops": settings["crops"]}
     prompts, coords = PromptSet(), FAMILIES[family][1]
     out = [prompts.render("free", "propose", coords=coords, candidates=[], **held)]
-    for k in range(settings["refine_rounds"]):
-        boxes = [
-            Box(0.03 * j + 0.01 * k, 0.05, 0.75 + 0.03 * j - 0.01 * k, 0.95)
-            for j in range(settings["crops"])
-        ]
-        candidates = [
-            {
-                "photo": PromptPhoto(
-                    fit_to_budget(
-                        photo.crop(b.to_pixels(photo.size)), budget, settings["candidate_side"]
-                    )
-                ),
-                "box": b,
-                "score": 0.8 - 0.02 * j + 0.01 * k,
-                "round": k,
-            }
-            for j, b in enumerate(boxes)
-        ]
+    for candidates in candidate_rounds(photo, budget, settings):
         out.append(prompts.render("free", "refine", coords=coords, candidates=candidates, **held))
     return out
 

@@ -98,21 +98,10 @@ def load_processor(family: str, folder: str | None, cache: Path) -> tuple[Any, s
     return processor, "cropper.testing.tiny_vlm's BPE (600 tokens): an upper bound on text"
 
 
-def workload(task: str, budget: PixelBudget, settings: dict[str, int]) -> dict[str, Any]:
-    """What the loop holds for one photo: the sized query and exemplars, and crops per round."""
-    photo = synthetic_photo(0, (1536, 1024))
-    query = PromptPhoto(fit_to_budget(photo, budget, settings["query_side"]), key="query")
-    exemplars = []
-    for i in range(settings["exemplars"]):
-        image = synthetic_photo(i + 1, EXEMPLAR_SIZES[i % len(EXEMPLAR_SIZES)], discs=4)
-        crops = [
-            ExemplarCrop(
-                Box(0.02 * j, 0.03 * j, 0.7 + 0.05 * j, 0.8 + 0.04 * j), 4.4 - 0.3 * j, None
-            )
-            for j in range(settings["exemplar_crops"])
-        ]
-        sized = PromptPhoto(fit_to_budget(image, budget, settings["exemplar_side"]), key=f"ex{i}")
-        exemplars.append(PromptExemplar(sized, crops, 0.9))
+def candidate_rounds(
+    photo: Any, budget: PixelBudget, settings: dict[str, int]
+) -> list[list[dict[str, Any]]]:
+    """Each refine round's candidates as the prompt shows them: R crops of ``photo``, sized."""
     rounds = []
     for k in range(settings["refine_rounds"]):
         boxes = [
@@ -134,6 +123,25 @@ def workload(task: str, budget: PixelBudget, settings: dict[str, int]) -> dict[s
                 for j, b in enumerate(boxes)
             ]
         )
+    return rounds
+
+
+def workload(task: str, budget: PixelBudget, settings: dict[str, int]) -> dict[str, Any]:
+    """What the loop holds for one photo: the sized query and exemplars, and crops per round."""
+    photo = synthetic_photo(0, (1536, 1024))
+    query = PromptPhoto(fit_to_budget(photo, budget, settings["query_side"]), key="query")
+    exemplars = []
+    for i in range(settings["exemplars"]):
+        image = synthetic_photo(i + 1, EXEMPLAR_SIZES[i % len(EXEMPLAR_SIZES)], discs=4)
+        crops = [
+            ExemplarCrop(
+                Box(0.02 * j, 0.03 * j, 0.7 + 0.05 * j, 0.8 + 0.04 * j), 4.4 - 0.3 * j, None
+            )
+            for j in range(settings["exemplar_crops"])
+        ]
+        sized = PromptPhoto(fit_to_budget(image, budget, settings["exemplar_side"]), key=f"ex{i}")
+        exemplars.append(PromptExemplar(sized, crops, 0.9))
+    rounds = candidate_rounds(photo, budget, settings)
     return {
         "query": query,
         "exemplars": exemplars,
